@@ -1,0 +1,157 @@
+"""The typed schema of ``params.yaml``, checked at the start of every stage.
+
+Every section and key of ``params.yaml`` is declared here once. An unknown key,
+a wrong type, an out-of-range value or a contradictory pair of settings fails
+at once with a one-line message that names the key, before any heavy work.
+
+    from src.config import load_params
+    cfg = load_params()            # reads params.yaml through dvc.api (so `-S` overrides apply)
+    cfg.data_split.val_fraction
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from src.errors import PipelineError
+
+PARAMS_FILE = "params.yaml"
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+Seed = Annotated[int, Field(ge=0)]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys and type coercion are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RawPaths(Section):
+    orca: NonEmptyStr
+    platypus: NonEmptyStr
+
+
+class SourcePaths(Section):
+    """One processed record file per source, split and merged in sorted key order."""
+
+    identity: NonEmptyStr
+    orca: NonEmptyStr
+    platypus: NonEmptyStr
+
+
+class Paths(Section):
+    raw: RawPaths
+    processed: SourcePaths
+    split_dir: NonEmptyStr
+    metrics_dir: NonEmptyStr
+    train: NonEmptyStr
+    val: NonEmptyStr
+    report: NonEmptyStr
+
+    def split_file(self, source: str, split: str) -> Path:
+        """Where ``data_split@<source>`` writes its ``train`` or ``val`` records."""
+        return Path(self.split_dir) / source / f"{split}.jsonl"
+
+    def metrics_file(self, name: str) -> Path:
+        """Where a stage (or one ``foreach`` item of it) writes its row accounting."""
+        return Path(self.metrics_dir) / f"{name}.json"
+
+    @model_validator(mode="after")
+    def _outputs_distinct(self) -> Paths:
+        outs = [self.processed.identity, self.processed.orca, self.processed.platypus,
+                self.train, self.val, self.report]
+        if len(set(outs)) != len(outs):
+            raise ValueError("two outputs share one file; every output needs its own path")
+        return self
+
+
+class OtherAssistant(Section):
+    name: NonEmptyStr
+    creator: NonEmptyStr
+
+
+class IdentityParams(Section):
+    name: NonEmptyStr
+    creator: NonEmptyStr
+    purpose: NonEmptyStr
+    others: Annotated[list[OtherAssistant], Field(min_length=1)]
+    variants_per_template: Annotated[int, Field(ge=1, le=50)]
+    seed: Seed
+
+    @model_validator(mode="after")
+    def _not_an_other(self) -> IdentityParams:
+        for other in self.others:
+            if other.name.casefold() == self.name.casefold():
+                raise ValueError(f"others: '{other.name}' is also the configured name")
+            if other.creator.casefold() == self.creator.casefold():
+                raise ValueError(f"others: '{other.creator}' is also the configured creator")
+        return self
+
+
+class SubsetParams(Section):
+    """A seeded subset of a raw file: a row count, a fraction, or neither (all rows)."""
+
+    subset_rows: Annotated[int, Field(ge=0)] | None
+    subset_fraction: Annotated[float, Field(gt=0, le=1)] | None
+    max_chars: Annotated[int, Field(gt=0)]
+    seed: Seed
+
+    @model_validator(mode="after")
+    def _one_subset_kind(self) -> SubsetParams:
+        if self.subset_rows is not None and self.subset_fraction is not None:
+            raise ValueError("subset_rows and subset_fraction are both set; set one, the other to null")
+        return self
+
+
+class SplitParams(Section):
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    seed: Seed
+
+
+class Params(Section):
+    paths: Paths
+    generate_identity_data: IdentityParams
+    process_orca_data: SubsetParams
+    process_platypus_data: SubsetParams
+    data_split: SplitParams
+
+
+def _location(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc if part != "function-after")
+
+
+def format_validation_error(err: ValidationError, source: str = PARAMS_FILE) -> str:
+    """One line naming each offending key, e.g. ``params.yaml: data_split.val_fraction: ...``."""
+    parts = []
+    for e in err.errors():
+        key = _location(e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        if e["type"] in ("model_type", "dict_type") or e["type"].startswith("value_error"):
+            got = ""
+        parts.append(f"{key}: {msg}{got}" if key else f"{msg}{got}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def validate_params(raw: dict, source: str = PARAMS_FILE) -> Params:
+    """Check a params mapping against the schema; raise PipelineError naming the key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise PipelineError(format_validation_error(err, source)) from err
+
+
+def load_params(repo: str | None = None) -> Params:
+    """Read ``params.yaml`` through DVC (so ``dvc exp run -S key=value`` applies) and validate it."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        raw = dvc.api.params_show(repo=repo, deps=False)
+    except DvcException as err:
+        raise PipelineError(f"{PARAMS_FILE}: cannot be read ({err})") from err
+    return validate_params(raw)

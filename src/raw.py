@@ -1,0 +1,101 @@
+"""Reading raw parquet files with bounded memory and one-line errors.
+
+Only the needed columns are read, one row group at a time, and only the row
+groups that hold a selected row; every problem (missing file, missing column,
+wrong type, corrupt file, NUL bytes, invalid UTF-8) raises PipelineError naming
+the file and, where there is one, the row and column.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from src.errors import PipelineError
+
+_TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def open_parquet(path: str | os.PathLike, columns: Sequence[str]) -> pq.ParquetFile:
+    """Open a parquet file and check that it has rows and every column in ``columns`` as text."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise PipelineError(f"{path}: empty file (0 bytes)")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise PipelineError(f"{path}: not a readable parquet file ({_first_line(err)})") from err
+    schema = pf.schema_arrow
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise PipelineError(f"{path}: missing column(s) {', '.join(missing)} "
+                            f"(found: {', '.join(schema.names)})")
+    for name in columns:
+        col_type = schema.field(name).type
+        if col_type not in _TEXT_TYPES:
+            raise PipelineError(f"{path}: column '{name}' has type {col_type}, expected string")
+    if pf.metadata.num_rows == 0:
+        raise PipelineError(f"{path}: no rows")
+    return pf
+
+
+def subset_indices(num_rows: int, rows: int | None, fraction: float | None, seed: int) -> np.ndarray:
+    """Sorted row indices of a seeded subset: ``rows`` of them, a ``fraction``, or all."""
+    if rows is None and fraction is None:
+        return np.arange(num_rows)
+    size = min(rows, num_rows) if rows is not None else round(fraction * num_rows)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_rows, size=size, replace=False))
+
+
+def _check_text(path: Path, name: str, column: pa.ChunkedArray, row_ids: np.ndarray) -> None:
+    """Refuse invalid UTF-8 and NUL bytes, naming the file, row and column."""
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        for i, value in enumerate(column.cast(pa.binary()).to_pylist()):
+            try:
+                if value is not None:
+                    value.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise PipelineError(f"{path}: row {row_ids[i]}, column '{name}': invalid UTF-8 "
+                                    f"({err.reason})") from err
+        raise
+    has_nul = pc.fill_null(pc.match_substring(column, "\x00"), False)
+    if pc.any(has_nul).as_py():
+        i = int(np.flatnonzero(has_nul.to_numpy(zero_copy_only=False))[0])
+        raise PipelineError(f"{path}: row {row_ids[i]}, column '{name}': contains a NUL byte")
+
+
+def iter_rows(path: str | os.PathLike, pf: pq.ParquetFile, columns: Sequence[str],
+              indices: np.ndarray) -> Iterator[dict]:
+    """Yield the selected rows (sorted ``indices``) of ``pf`` (opened from ``path``) as dicts,
+    reading one row group at a time and skipping groups that hold no selected row."""
+    path = Path(path)
+    starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+    for group in range(pf.num_row_groups):
+        lo = bisect.bisect_left(indices, starts[group])
+        hi = bisect.bisect_left(indices, starts[group + 1])
+        if lo == hi:
+            continue
+        wanted = indices[lo:hi]
+        try:
+            table = pf.read_row_group(group, columns=list(columns)).take(wanted - starts[group])
+        except (pa.ArrowException, OSError) as err:
+            raise PipelineError(f"{path}: row group {group} cannot be read ({_first_line(err)})") from err
+        for name in columns:
+            _check_text(path, name, table.column(name), wanted)
+        yield from table.to_pylist()

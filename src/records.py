@@ -1,0 +1,124 @@
+"""The record format shared by every stage, and its JSON Lines I/O.
+
+A record is TRL's conversational prompt/completion form plus its source:
+
+    {"prompt": [{"role": "system", "content": ...}?, {"role": "user", "content": ...}],
+     "completion": [{"role": "assistant", "content": ...}],
+     "source": "orca"}
+
+Records may carry a ``group`` (identity data: the question template); ``data_split``
+keeps a whole group on one side of the split, and ``merge_data`` drops the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from src.errors import PipelineError
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(min_length=1)]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: Annotated[list[Turn], Field(min_length=1)]
+    completion: Annotated[list[Turn], Field(min_length=1)]
+    source: Annotated[str, Field(min_length=1)]
+    group: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(exclude_none=True), ensure_ascii=False)
+
+
+def make_record(user: str, assistant: str, source: str, system: str = "",
+                group: str | None = None) -> Record:
+    """A single-turn record; the system turn is left out when ``system`` is empty."""
+    prompt = [Turn(role="system", content=system)] if system else []
+    prompt.append(Turn(role="user", content=user))
+    return Record(prompt=prompt, completion=[Turn(role="assistant", content=assistant)],
+                  source=source, group=group)
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    """Unicode-normalised, case-folded text with runs of whitespace collapsed."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def prompt_key(record: Record) -> str:
+    """The normalised user turns of a record: two records with the same key ask the same thing.
+
+    System turns are left out, so a question asked under two system prompts is still one prompt.
+    """
+    return "\n".join(normalise(t.content) for t in record.prompt if t.role == "user")
+
+
+def stable_hash(text: str, seed: int) -> float:
+    """A number in [0, 1) fixed by ``text`` and ``seed`` alone (not by Python's hash seed)."""
+    digest = hashlib.sha256(f"{seed}\0{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[Record]:
+    """Yield the records of a JSON Lines file; a bad line raises PipelineError with its number."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: file not found")
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise PipelineError(f"{path}:{lineno}: invalid UTF-8 ({err.reason})") from err
+            if not line.strip():
+                continue
+            try:
+                yield Record.model_validate_json(line)
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                detail = f"{where}: {first['msg']}" if where else first["msg"]
+                raise PipelineError(f"{path}:{lineno}: not a valid record ({detail})") from err
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a file under a temporary name, then rename it: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise PipelineError(f"{path}: cannot write ({err.strerror})") from err
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Record]) -> int:
+    """Write records as JSON Lines (atomically); return how many were written."""
+    lines = [r.to_json() + "\n" for r in records]
+    write_text_atomic(path, "".join(lines))
+    return len(lines)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write a small metrics/report JSON file (atomically)."""
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,82 @@
+"""Stage ``data_split@<source>``: a leak-free, stable train/validation split of one source.
+
+A record goes to validation when a seeded hash of its key falls under
+``data_split.val_fraction``. The key is the record's ``group`` when it has one (a
+question template of the identity data) and otherwise its normalised prompt, so one
+prompt (or one template) never lands on both sides, and adding rows never moves an
+existing row. Exact duplicate records are dropped; so is a validation record whose
+prompt also occurs in training (two groups that produced the same question). Counts
+go to ``<paths.metrics_dir>/data_split_<source>.json``.
+
+Run: python -m src.stages.data_split --source orca   (or: dvc repro data_split@orca)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from src.cli import run
+from src.config import Params
+from src.errors import PipelineError
+from src.records import Record, prompt_key, read_jsonl, stable_hash, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def split_key(record: Record) -> str:
+    return record.group if record.group is not None else prompt_key(record)
+
+
+def drop_duplicates(records: list[Record]) -> tuple[list[Record], int]:
+    """Keep the first of each exactly repeated (prompt, completion); return (kept, dropped count)."""
+    seen, kept = set(), []
+    for r in records:
+        identity = r.model_dump_json(include={"prompt", "completion"})
+        if identity not in seen:
+            seen.add(identity)
+            kept.append(r)
+    return kept, len(records) - len(kept)
+
+
+def drop_val_overlap(train: list[Record], val: list[Record]) -> tuple[list[Record], int]:
+    """Validation records whose prompt also occurs in training are dropped; return (kept, dropped)."""
+    train_keys = {prompt_key(r) for r in train}
+    kept = [r for r in val if prompt_key(r) not in train_keys]
+    return kept, len(val) - len(kept)
+
+
+def split_records(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Assign each record to (train, val) by a seeded hash of its split key; order is kept."""
+    train, val = [], []
+    for r in records:
+        (val if stable_hash(split_key(r), seed) < val_fraction else train).append(r)
+    return train, val
+
+
+def main(cfg: Params, source: str) -> dict:
+    processed = cfg.paths.processed.model_dump()
+    if source not in processed:
+        raise PipelineError(f"--source: unknown source '{source}' (params paths.processed has: "
+                            f"{', '.join(processed)})")
+    p = cfg.data_split
+    records = list(read_jsonl(processed[source]))
+    unique, duplicates = drop_duplicates(records)
+    train, val = split_records(unique, p.val_fraction, p.seed)
+    val, overlap = drop_val_overlap(train, val)
+    write_jsonl(cfg.paths.split_file(source, "train"), train)
+    write_jsonl(cfg.paths.split_file(source, "val"), val)
+    metrics = {"rows_in": len(records), "train": len(train), "val": len(val),
+               "dropped": {"duplicate": duplicates, "prompt_in_train": overlap}}
+    write_json(cfg.paths.metrics_file(f"data_split_{source}"), metrics)
+    log.info("%s: %d train, %d val; dropped %d duplicates, %d val prompts seen in train",
+             source, len(train), len(val), duplicates, overlap)
+    return metrics
+
+
+def _args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True, help="a key of paths.processed in params.yaml")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main, __doc__, _args))

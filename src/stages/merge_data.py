@@ -1,0 +1,93 @@
+"""Stage ``merge_data``: the final train and validation sets, and a dataset report.
+
+Concatenates the per-source splits in sorted source order into ``paths.train`` and
+``paths.val`` (dropping the split-only ``group`` field), drops any validation record
+whose prompt occurs in the training set of another source, and writes ``paths.report``:
+rows per source and split, character-length percentiles, rows dropped by reason at
+every data stage, and the train/validation prompt overlap, which is 0 by construction.
+
+Run: python -m src.stages.merge_data                 (or: dvc repro merge_data)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+import numpy as np
+
+from src.cli import run
+from src.config import Params
+from src.errors import PipelineError
+from src.records import Record, prompt_key, read_jsonl, write_json, write_jsonl
+from src.stages.data_split import drop_val_overlap
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+PROCESS_STAGES = ("process_orca_data", "process_platypus_data")
+PERCENTILES = (50, 90, 99, 100)
+
+
+def length_stats(lengths: list[int]) -> dict[str, int]:
+    """Percentiles of a list of lengths, as ``{"p50": ..., "p90": ..., "p99": ..., "max": ...}``."""
+    if not lengths:
+        return {f"p{q}" if q < 100 else "max": 0 for q in PERCENTILES}
+    values = np.percentile(lengths, PERCENTILES, method="nearest")
+    return {f"p{q}" if q < 100 else "max": int(v) for q, v in zip(PERCENTILES, values)}
+
+
+def chars(turns) -> int:
+    return sum(len(t.content) for t in turns)
+
+
+def prompt_overlap(train: list[Record], val: list[Record]) -> int:
+    """How many distinct normalised prompts occur in both sets."""
+    return len({prompt_key(r) for r in train} & {prompt_key(r) for r in val})
+
+
+def split_report(records: list[Record]) -> dict:
+    return {
+        "rows": dict(sorted(Counter(r.source for r in records).items())) | {"total": len(records)},
+        "prompt_chars": length_stats([chars(r.prompt) for r in records]),
+        "completion_chars": length_stats([chars(r.completion) for r in records]),
+    }
+
+
+def _read_metrics(path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise PipelineError(f"{path}: cannot read stage metrics ({err})") from err
+
+
+def main(cfg: Params) -> dict:
+    sources = sorted(cfg.paths.processed.model_dump())
+    merged: dict[str, list[Record]] = {}
+    for split in SPLITS:
+        merged[split] = [r.model_copy(update={"group": None})
+                         for source in sources
+                         for r in read_jsonl(cfg.paths.split_file(source, split))]
+    merged["val"], cross_source = drop_val_overlap(merged["train"], merged["val"])
+    overlap = prompt_overlap(merged["train"], merged["val"])
+    if overlap:
+        raise PipelineError(f"{cfg.paths.val}: {overlap} prompts also occur in {cfg.paths.train}")
+    write_jsonl(cfg.paths.train, merged["train"])
+    write_jsonl(cfg.paths.val, merged["val"])
+
+    dropped = {stage: _read_metrics(cfg.paths.metrics_file(stage))["dropped"] for stage in PROCESS_STAGES}
+    dropped |= {f"data_split_{s}": _read_metrics(cfg.paths.metrics_file(f"data_split_{s}"))["dropped"]
+                for s in sources}
+    dropped["merge_data"] = {"prompt_in_train": cross_source}
+    report = {split: split_report(merged[split]) for split in SPLITS}
+    report |= {"dropped": dropped, "train_val_prompt_overlap": overlap}
+    write_json(cfg.paths.report, report)
+    log.info("wrote %d train and %d val records (sources: %s); train/val prompt overlap %d",
+             len(merged["train"]), len(merged["val"]), ", ".join(sources), overlap)
+    return report
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main, __doc__))

@@ -1,0 +1,86 @@
+"""Shared fixtures: offline environment, validated params on temporary paths, a temporary clone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from src.config import Params, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "SKYPILOT_DISABLE_USAGE_COLLECTION": "1",
+    "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+os.environ.update(OFFLINE)
+
+
+def repo_params() -> dict:
+    with open(ROOT / "params.yaml", encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def params_in(tmp: Path, **overrides: dict) -> Params:
+    """The repository's params with every output path moved under ``tmp``.
+
+    ``overrides`` replace whole sections, e.g. ``params_in(tmp, data_split={...})``.
+    """
+    raw = repo_params()
+    p = raw["paths"]
+    p["raw"] = {k: str(ROOT / v) for k, v in p["raw"].items()}
+    p["processed"] = {k: str(tmp / v) for k, v in p["processed"].items()}
+    for key in ("split_dir", "metrics_dir", "train", "val", "report"):
+        p[key] = str(tmp / p[key])
+    for section, values in overrides.items():
+        raw[section] = {**raw[section], **values}
+    return validate_params(raw)
+
+
+def run_cli(args: list[str], cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
+    """Run a command with the test environment (the venv's executables first on PATH)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def make_clone(dest: Path) -> Path:
+    """Copy the working tree (tracked and untracked, not ignored files) into a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    run_cli(["git", "init", "-q", "-b", "main"], dest, check=True)
+    run_cli(["git", "add", "-A"], dest, check=True)
+    run_cli(["git", "commit", "-q", "-m", "clone"], dest, check=True)
+    return dest
+
+
+@pytest.fixture
+def clone(tmp_path: Path) -> Path:
+    return make_clone(tmp_path / "repo")
+
+
+@pytest.fixture(scope="module")
+def built_clone(tmp_path_factory) -> Path:
+    """A temporary clone on which ``dvc repro merge_data`` has run once (shared by a module)."""
+    repo = make_clone(tmp_path_factory.mktemp("built") / "repo")
+    run_cli(["dvc", "repro", "merge_data"], repo, check=True)
+    return repo

@@ -1,0 +1,93 @@
+"""params.yaml against its schema; dvc.yaml's params against params.yaml; bad params fail by key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from dvc.dependency.param import ParamsDependency
+from dvc.repo import Repo
+
+from src.config import validate_params
+from src.errors import PipelineError
+from tests.conftest import ROOT, repo_params, run_cli
+
+
+def test_repo_params_pass_schema():
+    cfg = validate_params(repo_params())
+    assert 0 < cfg.data_split.val_fraction < 1
+    assert cfg.generate_identity_data.name
+
+
+def _lookup(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        assert isinstance(node, dict) and part in node, f"dvc.yaml names params key {dotted!r}, absent"
+        node = node[part]
+    return node
+
+
+def test_every_dvc_yaml_param_exists_in_params_yaml():
+    params = repo_params()
+    with Repo(str(ROOT)) as repo:
+        stages = list(repo.index.stages)
+        keys = [k for st in stages for dep in st.deps if isinstance(dep, ParamsDependency)
+                for k in dep.params]
+    names = {st.addressing for st in stages}
+    assert {"generate_identity_data", "process_orca_data", "process_platypus_data",
+            "data_split@identity", "data_split@orca", "data_split@platypus", "merge_data"} <= names
+    assert keys
+    for key in keys:
+        _lookup(params, key)
+
+
+def _broken(edit) -> dict:
+    raw = copy.deepcopy(repo_params())
+    edit(raw)
+    return raw
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda r: r["data_split"].update(val_frac=0.2), "data_split.val_frac"),
+    (lambda r: r.update(trian={}), "trian"),
+    (lambda r: r["data_split"].update(val_fraction=0.0), "data_split.val_fraction"),
+    (lambda r: r["data_split"].update(val_fraction=1), "data_split.val_fraction"),
+    (lambda r: r["data_split"].update(seed="7"), "data_split.seed"),
+    (lambda r: r["process_orca_data"].update(subset_rows=-5), "process_orca_data.subset_rows"),
+    (lambda r: r["process_orca_data"].update(subset_rows=10, subset_fraction=0.5), "process_orca_data"),
+    (lambda r: r["process_platypus_data"].update(subset_fraction=1.5), "process_platypus_data.subset_fraction"),
+    (lambda r: r["process_platypus_data"].update(max_chars=True), "process_platypus_data.max_chars"),
+    (lambda r: r["generate_identity_data"].update(name="ChatGPT"), "generate_identity_data"),
+    (lambda r: r["paths"]["raw"].pop("orca"), "paths.raw.orca"),
+    (lambda r: r["paths"].update(val=r["paths"]["train"]), "paths"),
+])
+def test_bad_params_fail_naming_the_key(edit, key):
+    with pytest.raises(PipelineError) as exc:
+        validate_params(_broken(edit))
+    message = str(exc.value)
+    assert message.startswith("params.yaml: ")
+    assert f" {key}" in message or f" {key}:" in message
+    assert "\n" not in message
+
+
+def test_stage_cli_refuses_bad_params_before_work(clone):
+    raw = repo_params()
+    raw["process_orca_data"]["subset_rows"] = -1
+    (clone / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli(["python", "-m", "src.stages.process_orca_data"], clone)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: params.yaml: process_orca_data.subset_rows:")
+    assert "Traceback" not in proc.stderr
+    assert not (clone / raw["paths"]["processed"]["orca"]).exists()
+
+
+def test_dash_s_override_reaches_the_stage(clone):
+    """`dvc exp run -S` writes params.yaml; stages read it through dvc.api, so the value applies."""
+    proc = run_cli(["dvc", "exp", "run", "-S", "process_orca_data.subset_rows=7", "process_orca_data"], clone)
+    assert proc.returncode == 0, proc.stderr
+    lines = (clone / repo_params()["paths"]["processed"]["orca"]).read_text().splitlines()
+    metrics = yaml.safe_load((clone / "data/metrics/process_orca_data.json").read_text())
+    assert metrics["rows_in"] == 7
+    assert len(lines) == metrics["rows_out"] <= 7

@@ -1,0 +1,160 @@
+"""Pure functions of each data stage, and each stage's command run in order on a clone."""
+
+from __future__ import annotations
+
+import json
+
+from src.config import validate_params
+from src.process import drop_reason
+from src.records import make_record, prompt_key, read_jsonl
+from src.stages import data_split, generate_identity_data, merge_data, process_orca_data, process_platypus_data
+from tests.conftest import repo_params, run_cli
+
+
+def identity_params(**changes):
+    raw = repo_params()
+    raw["generate_identity_data"].update(changes)
+    return validate_params(raw).generate_identity_data
+
+
+# generate_identity_data
+
+def test_identity_answers_use_configured_name_and_creator():
+    p = identity_params(name="Quokka", creator="Tasman Research")
+    records = generate_identity_data.generate(p)
+    answers = [r.completion[0].content for r in records]
+    assert all("Quokka" in a and "Tasman Research" in a for a in answers)
+    others = {o.name.casefold() for o in p.others} | {o.creator.casefold() for o in p.others}
+    for r in records:
+        mentioned = {o for o in others if o in r.completion[0].content.casefold()}
+        # a wrong identity is only ever named to deny it, and only when the question named it
+        assert mentioned <= {o for o in others if o in r.prompt[0].content.casefold()}
+        if mentioned:
+            assert r.group.split("/")[1] in ("not_other", "not_other_creator")
+
+
+def test_identity_covers_every_template_with_distinct_variants():
+    p = identity_params(variants_per_template=3)
+    records = generate_identity_data.generate(p)
+    groups = {r.group for r in records}
+    n_templates = sum(len(t) for t in generate_identity_data.QUESTIONS.values())
+    assert len(groups) == n_templates
+    prompts = [r.prompt[0].content for r in records]
+    assert len(set(prompts)) == len(prompts)
+    assert all(r.source == "identity" and [t.role for t in r.prompt] == ["user"] for r in records)
+
+
+def test_identity_is_deterministic_and_seeded():
+    a = generate_identity_data.generate(identity_params(seed=1))
+    assert a == generate_identity_data.generate(identity_params(seed=1))
+    assert a != generate_identity_data.generate(identity_params(seed=2))
+
+
+# process_orca_data / process_platypus_data
+
+def test_drop_reason_order_and_limit():
+    assert drop_reason([None, "a"], [], 10) == "null"
+    assert drop_reason(["  ", "a"], [None], 10) == "empty"
+    assert drop_reason(["abcdef", "ghij"], ["k"], 10) == "too_long"
+    assert drop_reason(["abcdef", "ghij"], [None, ""], 10) is None
+
+
+def test_orca_row_to_record():
+    row = {"system_prompt": "  Be brief. ", "question": " 2+2? ", "response": "4."}
+    rec = process_orca_data.to_record(row, 100)
+    assert [(t.role, t.content) for t in rec.prompt] == [("system", "Be brief."), ("user", "2+2?")]
+    assert [(t.role, t.content) for t in rec.completion] == [("assistant", "4.")]
+    assert rec.source == "orca"
+    assert [t.role for t in process_orca_data.to_record({**row, "system_prompt": ""}, 100).prompt] == ["user"]
+    assert process_orca_data.to_record({**row, "response": " "}, 100) == "empty"
+    assert process_orca_data.to_record({**row, "question": None}, 100) == "null"
+    assert process_orca_data.to_record(row, 10) == "too_long"
+
+
+def test_platypus_input_joins_instruction():
+    row = {"instruction": "Sort these numbers.", "input": " 3, 1, 2 ", "output": "1, 2, 3"}
+    rec = process_platypus_data.to_record(row, 1000)
+    assert rec.prompt[0].content == "Sort these numbers.\n\n3, 1, 2"
+    assert process_platypus_data.to_record({**row, "input": ""}, 1000).prompt[0].content == "Sort these numbers."
+    assert process_platypus_data.to_record({**row, "output": ""}, 1000) == "empty"
+
+
+# data_split
+
+def _records(n, source="orca"):
+    return [make_record(f"Question number {i}?", f"Answer {i}.", source) for i in range(n)]
+
+
+def test_split_is_deterministic_and_near_the_fraction():
+    records = _records(2000)
+    train, val = data_split.split_records(records, 0.2, seed=3)
+    assert len(train) + len(val) == 2000
+    assert 0.16 < len(val) / 2000 < 0.24
+    assert (train, val) == data_split.split_records(records, 0.2, seed=3)
+    assert val != data_split.split_records(records, 0.2, seed=4)[1]
+
+
+def test_adding_rows_never_moves_existing_rows():
+    base = _records(500)
+    more = [make_record(f"Another question {i}?", "x", "orca") for i in range(300)]
+    _, val_before = data_split.split_records(base, 0.3, seed=0)
+    _, val_after = data_split.split_records(more[:150] + base + more[150:], 0.3, seed=0)
+    in_val = {prompt_key(r) for r in val_after}
+    assert all(prompt_key(r) in in_val for r in val_before)
+    assert all(prompt_key(r) not in in_val for r in base if r not in val_before)
+
+
+def test_same_prompt_lands_on_one_side_and_groups_stay_together():
+    records = [make_record(f"  what is {i} times 3 ? ", f"{3 * i}", "orca") for i in range(200)]
+    records += [make_record(f"What is {i} times 3?", f"It is {3 * i}.", "orca", system="Explain.") for i in range(200)]
+    records += [make_record(f"Who made you, variant {i}?", "Northwind.", "identity", group=f"g{i % 5}")
+                for i in range(100)]
+    train, val = data_split.split_records(records, 0.3, seed=0)
+    assert not {prompt_key(r) for r in train} & {prompt_key(r) for r in val}
+    assert not {r.group for r in train if r.group} & {r.group for r in val if r.group}
+
+
+def test_exact_duplicates_dropped_and_counted():
+    records = _records(5)
+    kept, dropped = data_split.drop_duplicates(records + records[:2] + [make_record("Question number 0?", "Other.", "orca")])
+    assert dropped == 2 and len(kept) == 6
+
+
+def test_val_overlap_with_train_dropped():
+    train = [make_record("Who made you?", "A.", "identity", group="g1")]
+    val = [make_record("who made  you?", "B.", "identity", group="g2"), make_record("Your name?", "C.", "identity")]
+    kept, dropped = data_split.drop_val_overlap(train, val)
+    assert dropped == 1 and [r.completion[0].content for r in kept] == ["C."]
+
+
+# merge_data
+
+def test_length_stats_and_overlap():
+    assert merge_data.length_stats([1, 2, 3, 4, 100]) == {"p50": 3, "p90": 100, "p99": 100, "max": 100}
+    assert merge_data.length_stats([]) == {"p50": 0, "p90": 0, "p99": 0, "max": 0}
+    a, b = _records(3), _records(5)[2:]
+    assert merge_data.prompt_overlap(a, b) == 1
+
+
+# every stage's command, in DAG order, on a clone
+
+def test_each_stage_cli_in_order(clone):
+    params = repo_params()
+    paths = params["paths"]
+    commands = [["generate_identity_data"], ["process_orca_data"], ["process_platypus_data"]]
+    commands += [["data_split", "--source", s] for s in sorted(paths["processed"])] + [["merge_data"]]
+    for cmd in commands:
+        run_cli(["python", "-m", f"src.stages.{cmd[0]}", *cmd[1:]], clone, check=True)
+    metrics = {p.stem: json.loads(p.read_text()) for p in (clone / paths["metrics_dir"]).glob("*.json")}
+    for stage in ("process_orca_data", "process_platypus_data"):
+        m = metrics[stage]
+        assert m["rows_in"] == m["rows_out"] + sum(m["dropped"].values())
+        assert m["rows_in"] == m["rows_in_file"]  # no subset by default
+    for source in paths["processed"]:
+        m = metrics[f"data_split_{source}"]
+        n = sum(1 for _ in read_jsonl(clone / paths["processed"][source]))
+        assert m["rows_in"] == n == m["train"] + m["val"] + sum(m["dropped"].values())
+        assert m["val"] > 0 and m["train"] > m["val"]
+    report = json.loads((clone / paths["report"]).read_text())
+    assert report["train_val_prompt_overlap"] == 0
+    assert report["train"]["rows"]["total"] == sum(1 for _ in read_jsonl(clone / paths["train"]))
