@@ -63,6 +63,8 @@ def make_clone(dest: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
+        if rel == "dvc.lock":  # a clone starts with no run recorded
+            continue
         src = ROOT / rel
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
