@@ -2,6 +2,7 @@
 
 Each stage supplies the columns it needs and a pure ``to_record(row, max_chars)`` that
 returns a Record or the reason the row is dropped; rows in = rows out + rows dropped.
+Records stream to the output file, so memory stays bounded by one row group.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -42,18 +43,20 @@ def process_raw(raw_path: str | os.PathLike, columns: Sequence[str], subset: Sub
     indices = subset_indices(num_rows, subset.subset_rows, subset.subset_fraction, subset.seed)
     log.info("%s: %d rows in %d row groups; reading %d of them (columns %s)",
              raw_path, num_rows, pf.num_row_groups, len(indices), ", ".join(columns))
-    records: list[Record] = []
     dropped = Counter(dict.fromkeys(DROP_REASONS, 0))
-    rows = iter_rows(raw_path, pf, columns, indices)
-    for row in tqdm(rows, total=len(indices), unit="row", desc=str(raw_path), mininterval=1):
-        result = to_record(row, subset.max_chars)
-        if isinstance(result, str):
-            dropped[result] += 1
-        else:
-            records.append(result)
-    write_jsonl(out_path, records)
-    metrics = {"rows_in_file": num_rows, "rows_in": len(indices), "rows_out": len(records),
+
+    def kept() -> Iterator[Record]:
+        rows = iter_rows(raw_path, pf, columns, indices)
+        for row in tqdm(rows, total=len(indices), unit="row", desc=str(raw_path), mininterval=1):
+            result = to_record(row, subset.max_chars)
+            if isinstance(result, str):
+                dropped[result] += 1
+            else:
+                yield result
+
+    rows_out = write_jsonl(out_path, kept())
+    metrics = {"rows_in_file": num_rows, "rows_in": len(indices), "rows_out": rows_out,
                "dropped": dict(dropped)}
     write_json(metrics_path, metrics)
-    log.info("%s: wrote %d records; dropped %s", out_path, len(records), dict(dropped))
+    log.info("%s: wrote %d records; dropped %s", out_path, rows_out, dict(dropped))
     return metrics

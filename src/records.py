@@ -18,8 +18,9 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -98,27 +99,34 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Record]:
                 raise PipelineError(f"{path}:{lineno}: not a valid record ({detail})") from err
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a file under a temporary name, then rename it: readers never see half a file."""
+@contextmanager
+def open_atomic(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text file written under a temporary name and renamed into place only when complete,
+    so a reader (or DVC) never sees half a file; on any error the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
+            yield f
         os.replace(tmp, path)
     except OSError as err:
+        raise PipelineError(f"{path}: cannot write ({err.strerror or err})") from err
+    finally:
         tmp.unlink(missing_ok=True)
-        raise PipelineError(f"{path}: cannot write ({err.strerror})") from err
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Record]) -> int:
-    """Write records as JSON Lines (atomically); return how many were written."""
-    lines = [r.to_json() + "\n" for r in records]
-    write_text_atomic(path, "".join(lines))
-    return len(lines)
+    """Stream records to a JSON Lines file (atomically); return how many were written."""
+    n = 0
+    with open_atomic(path) as f:
+        for r in records:
+            f.write(r.to_json() + "\n")
+            n += 1
+    return n
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write a small metrics/report JSON file (atomically)."""
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    with open_atomic(path) as f:
+        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -51,10 +51,11 @@ def test_repro_builds_leak_free_train_and_val(built_clone):
     assert report["dropped"]["process_orca_data"]["empty"] > 0
     assert report["dropped"]["process_orca_data"]["too_long"] > 0
     assert report["dropped"]["data_split_orca"]["duplicate"] > 0
-    orca = json.loads((built_clone / PATHS["metrics_dir"] / "process_orca_data.json").read_text())
-    split_in = sum(json.loads((built_clone / PATHS["metrics_dir"] / f"data_split_{s}.json").read_text())["rows_in"]
-                   for s in ("orca",))
-    assert split_in == orca["rows_out"]
+    metrics_dir = built_clone / PATHS["metrics_dir"]
+    orca = json.loads((metrics_dir / "process_orca_data.json").read_text())
+    orca_split = json.loads((metrics_dir / "data_split_orca.json").read_text())
+    assert orca_split["rows_in"] == orca["rows_out"]
+    assert orca_split["train"] == report["train"]["rows"]["orca"]
 
 
 def test_second_repro_runs_nothing_and_seed_change_reruns_split_and_merge(built_clone):

@@ -14,6 +14,7 @@ Run: python -m src.stages.data_split --source orca   (or: dvc repro data_split@o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 
 from src.cli import run
@@ -24,6 +25,11 @@ from src.records import Record, prompt_key, read_jsonl, stable_hash, write_json,
 log = logging.getLogger(__name__)
 
 
+def digest(text: str) -> bytes:
+    """A 16-byte stand-in for a long text in sets (memory stays small on large sources)."""
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
 def split_key(record: Record) -> str:
     return record.group if record.group is not None else prompt_key(record)
 
@@ -32,7 +38,7 @@ def drop_duplicates(records: list[Record]) -> tuple[list[Record], int]:
     """Keep the first of each exactly repeated (prompt, completion); return (kept, dropped count)."""
     seen, kept = set(), []
     for r in records:
-        identity = r.model_dump_json(include={"prompt", "completion"})
+        identity = digest(r.model_dump_json(include={"prompt", "completion"}))
         if identity not in seen:
             seen.add(identity)
             kept.append(r)
@@ -41,8 +47,8 @@ def drop_duplicates(records: list[Record]) -> tuple[list[Record], int]:
 
 def drop_val_overlap(train: list[Record], val: list[Record]) -> tuple[list[Record], int]:
     """Validation records whose prompt also occurs in training are dropped; return (kept, dropped)."""
-    train_keys = {prompt_key(r) for r in train}
-    kept = [r for r in val if prompt_key(r) not in train_keys]
+    train_keys = {digest(prompt_key(r)) for r in train}
+    kept = [r for r in val if digest(prompt_key(r)) not in train_keys]
     return kept, len(val) - len(kept)
 
 
