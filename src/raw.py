@@ -1,7 +1,7 @@
 """Reading raw parquet files with bounded memory and one-line errors.
 
-Only the needed columns are read, one row group at a time, and only the row
-groups that hold a selected row; every problem (missing file, missing column,
+Only the needed columns are read, in batches, and only from the row groups that
+hold a selected row; every problem (missing file, missing column,
 wrong type, corrupt file, NUL bytes, invalid UTF-8) raises PipelineError naming
 the file and, where there is one, the row and column.
 """
@@ -81,9 +81,12 @@ def _check_text(path: Path, name: str, column: pa.ChunkedArray, row_ids: np.ndar
 
 
 def iter_rows(path: str | os.PathLike, pf: pq.ParquetFile, columns: Sequence[str],
-              indices: np.ndarray) -> Iterator[dict]:
-    """Yield the selected rows (sorted ``indices``) of ``pf`` (opened from ``path``) as dicts,
-    reading one row group at a time and skipping groups that hold no selected row."""
+              indices: np.ndarray, batch_size: int = 8192) -> Iterator[dict]:
+    """Yield the selected rows (sorted ``indices``) of ``pf`` (opened from ``path``) as dicts.
+
+    Row groups that hold no selected row are skipped; the others are read in batches of
+    ``batch_size`` rows, so memory stays bounded however large the file or its row groups.
+    """
     path = Path(path)
     starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
     for group in range(pf.num_row_groups):
@@ -91,11 +94,17 @@ def iter_rows(path: str | os.PathLike, pf: pq.ParquetFile, columns: Sequence[str
         hi = bisect.bisect_left(indices, starts[group + 1])
         if lo == hi:
             continue
-        wanted = indices[lo:hi]
+        offset = starts[group]
         try:
-            table = pf.read_row_group(group, columns=list(columns)).take(wanted - starts[group])
+            for batch in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=list(columns)):
+                end = offset + batch.num_rows
+                wanted = indices[lo:bisect.bisect_left(indices, end, lo, hi)]
+                lo += len(wanted)
+                if len(wanted):
+                    table = pa.Table.from_batches([batch]).take(wanted - offset)
+                    for name in columns:
+                        _check_text(path, name, table.column(name), wanted)
+                    yield from table.to_pylist()
+                offset = end
         except (pa.ArrowException, OSError) as err:
             raise PipelineError(f"{path}: row group {group} cannot be read ({_first_line(err)})") from err
-        for name in columns:
-            _check_text(path, name, table.column(name), wanted)
-        yield from table.to_pylist()

@@ -43,12 +43,14 @@ def test_iter_rows_reads_only_groups_with_selected_rows(tmp_path, monkeypatch):
     pq.write_table(orca_table(30), path, row_group_size=10)
     pf = open_parquet(path, COLUMNS)
     read = []
-    original = pf.read_row_group
-    monkeypatch.setattr(pf, "read_row_group", lambda g, **kw: read.append(g) or original(g, **kw))
-    rows = list(iter_rows(path, pf, COLUMNS, np.array([3, 7, 25])))
+    original = pf.iter_batches
+    monkeypatch.setattr(pf, "iter_batches", lambda **kw: read.extend(kw["row_groups"]) or original(**kw))
+    rows = list(iter_rows(path, pf, COLUMNS, np.array([3, 7, 25]), batch_size=4))
     assert read == [0, 2]
     assert [r["question"] for r in rows] == ["What is 3 + 3?", "What is 7 + 7?", "What is 25 + 25?"]
     assert set(rows[0]) == set(COLUMNS)
+    every = list(iter_rows(path, pf, COLUMNS, np.arange(30), batch_size=7))
+    assert [r["question"] for r in every] == orca_table(30).column("question").to_pylist()
 
 
 def _write_bad(tmp_path, kind: str):
