@@ -35,6 +35,9 @@ def test_repro_builds_leak_free_train_and_val(built_clone):
     val_identity = {r.prompt[0].content for r in val if r.source == "identity"}
     train_identity = {r.prompt[0].content for r in train if r.source == "identity"}
     assert val_identity and not val_identity & train_identity
+    held_out = list(read_jsonl(built_clone / PATHS["split_dir"] / "identity" / "val.jsonl"))
+    intents = {r.group.split("/")[1] for r in held_out}
+    assert intents == {"name", "creator", "purpose", "not_other", "not_other_creator"}
     # sources appear in sorted order
     sources = [r.source for r in train]
     assert sources == sorted(sources)
@@ -96,3 +99,15 @@ def test_import_url_brings_a_raw_file_the_stage_reads(clone, http_server):
     metrics = json.loads((clone / PATHS["metrics_dir"] / "process_orca_data.json").read_text())
     assert metrics["rows_in"] == 50
     assert len(list(read_jsonl(clone / PATHS["processed"]["orca"]))) == metrics["rows_out"] > 40
+
+
+def test_default_remote_round_trips_outputs(built_clone):
+    """The committed local remote works out of the box: push, lose cache and outputs, pull back."""
+    train = built_clone / PATHS["train"]
+    before = train.read_bytes()
+    run_cli(["dvc", "push"], built_clone, check=True)
+    assert any((built_clone.parent / "dvc-storage").rglob("*"))
+    shutil.rmtree(built_clone / ".dvc" / "cache")
+    train.unlink()
+    run_cli(["dvc", "pull", "merge_data"], built_clone, check=True)
+    assert train.read_bytes() == before

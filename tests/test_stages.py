@@ -114,6 +114,17 @@ def test_same_prompt_lands_on_one_side_and_groups_stay_together():
     assert not {r.group for r in train if r.group} & {r.group for r in val if r.group}
 
 
+def test_held_out_groups_cover_every_stratum_but_never_all_of_one():
+    groups = [f"identity/{intent}/{i}" for intent, n in (("name", 10), ("creator", 4), ("purpose", 1))
+              for i in range(n)]
+    held = data_split.held_out_groups(groups, 0.2, seed=0)
+    by_intent = {intent: sum(g.startswith(f"identity/{intent}/") for g in held)
+                 for intent in ("name", "creator", "purpose")}
+    assert by_intent == {"name": 2, "creator": 1, "purpose": 0}
+    assert held == data_split.held_out_groups(reversed(groups), 0.2, seed=0)
+    assert held != data_split.held_out_groups(groups, 0.2, seed=5)
+
+
 def test_exact_duplicates_dropped_and_counted():
     records = _records(5)
     kept, dropped = data_split.drop_duplicates(records + records[:2] + [make_record("Question number 0?", "Other.", "orca")])

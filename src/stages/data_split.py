@@ -1,12 +1,14 @@
 """Stage ``data_split@<source>``: a leak-free, stable train/validation split of one source.
 
-A record goes to validation when a seeded hash of its key falls under
-``data_split.val_fraction``. The key is the record's ``group`` when it has one (a
-question template of the identity data) and otherwise its normalised prompt, so one
-prompt (or one template) never lands on both sides, and adding rows never moves an
-existing row. Exact duplicate records are dropped; so is a validation record whose
-prompt also occurs in training (two groups that produced the same question). Counts
-go to ``<paths.metrics_dir>/data_split_<source>.json``.
+A record goes to validation when a seeded hash of its normalised prompt falls under
+``data_split.val_fraction``, so one prompt never lands on both sides and adding rows
+never moves an existing row. Records with a ``group`` (the question templates of the
+identity data, ``identity/<intent>/<n>``) split by group instead: of each intent's
+templates, ``val_fraction`` of them (at least one, never all) with the smallest seeded
+hashes go to validation whole, so validation asks every kind of question in wordings
+training never saw. Exact duplicate records are dropped; so is a validation record
+whose prompt also occurs in training (two groups that produced the same question).
+Counts go to ``<paths.metrics_dir>/data_split_<source>.json``.
 
 Run: python -m src.stages.data_split --source orca   (or: dvc repro data_split@orca)
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+from collections import defaultdict
+from collections.abc import Iterable
 
 from src.cli import run
 from src.config import Params
@@ -30,8 +34,17 @@ def digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def split_key(record: Record) -> str:
-    return record.group if record.group is not None else prompt_key(record)
+def held_out_groups(groups: Iterable[str], val_fraction: float, seed: int) -> set[str]:
+    """The groups that go to validation whole: per stratum (a group id up to its last ``/``),
+    ``val_fraction`` of its groups rounded, at least one and never all, by smallest seeded hash."""
+    strata: dict[str, set[str]] = defaultdict(set)
+    for group in groups:
+        strata[group.rpartition("/")[0]].add(group)
+    held = set()
+    for members in strata.values():
+        k = min(max(1, round(val_fraction * len(members))), len(members) - 1)
+        held.update(sorted(members, key=lambda g: stable_hash(g, seed))[:k])
+    return held
 
 
 def drop_duplicates(records: list[Record]) -> tuple[list[Record], int]:
@@ -53,10 +66,13 @@ def drop_val_overlap(train: list[Record], val: list[Record]) -> tuple[list[Recor
 
 
 def split_records(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Assign each record to (train, val) by a seeded hash of its split key; order is kept."""
+    """Assign each record to (train, val): grouped records by ``held_out_groups``, the others by a
+    seeded hash of their normalised prompt. Order is kept."""
+    held = held_out_groups({r.group for r in records if r.group is not None}, val_fraction, seed)
     train, val = [], []
     for r in records:
-        (val if stable_hash(split_key(r), seed) < val_fraction else train).append(r)
+        in_val = r.group in held if r.group is not None else stable_hash(prompt_key(r), seed) < val_fraction
+        (val if in_val else train).append(r)
     return train, val
 
 
