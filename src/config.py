@@ -120,19 +120,13 @@ class Params(Section):
     data_split: SplitParams
 
 
-def _location(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc if part != "function-after")
-
-
 def format_validation_error(err: ValidationError, source: str = PARAMS_FILE) -> str:
     """One line naming each offending key, e.g. ``params.yaml: data_split.val_fraction: ...``."""
     parts = []
     for e in err.errors():
-        key = _location(e["loc"])
+        key = ".".join(str(part) for part in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
-        if e["type"] in ("model_type", "dict_type") or e["type"].startswith("value_error"):
-            got = ""
+        got = "" if isinstance(e["input"], (dict, list)) else f" (got {e['input']!r})"
         parts.append(f"{key}: {msg}{got}" if key else f"{msg}{got}")
     return f"{source}: " + "; ".join(parts)
 

@@ -1,14 +1,13 @@
 """Reading raw parquet files with bounded memory and one-line errors.
 
 Only the needed columns are read, in batches, and only from the row groups that
-hold a selected row; every problem (missing file, missing column,
-wrong type, corrupt file, NUL bytes, invalid UTF-8) raises PipelineError naming
-the file and, where there is one, the row and column.
+hold a selected row. Every problem (missing file, missing column, wrong type,
+corrupt file, NUL bytes, invalid UTF-8) raises PipelineError naming the file and,
+where there is one, the row and column.
 """
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -90,15 +89,14 @@ def iter_rows(path: str | os.PathLike, pf: pq.ParquetFile, columns: Sequence[str
     path = Path(path)
     starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
     for group in range(pf.num_row_groups):
-        lo = bisect.bisect_left(indices, starts[group])
-        hi = bisect.bisect_left(indices, starts[group + 1])
+        lo, hi = np.searchsorted(indices, starts[group : group + 2])
         if lo == hi:
             continue
         offset = starts[group]
         try:
             for batch in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=list(columns)):
                 end = offset + batch.num_rows
-                wanted = indices[lo:bisect.bisect_left(indices, end, lo, hi)]
+                wanted = indices[lo : lo + np.searchsorted(indices[lo:hi], end)]
                 lo += len(wanted)
                 if len(wanted):
                     table = pa.Table.from_batches([batch]).take(wanted - offset)
