@@ -35,6 +35,7 @@ def run(main: Callable[..., object], description: str | None = None,
     )
     try:
         cfg: Params = load_params()
+        log.debug("params: %s", cfg.model_dump_json())
         main(cfg, **args)
     except PipelineError as err:
         if debug:

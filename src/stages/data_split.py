@@ -21,6 +21,8 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 
+from tqdm import tqdm
+
 from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
@@ -82,7 +84,7 @@ def main(cfg: Params, source: str) -> dict:
         raise PipelineError(f"--source: unknown source '{source}' (params paths.processed has: "
                             f"{', '.join(processed)})")
     p = cfg.data_split
-    records = list(read_jsonl(processed[source]))
+    records = list(tqdm(read_jsonl(processed[source]), desc=processed[source], unit="record", mininterval=1))
     unique, duplicates = drop_duplicates(records)
     train, val = split_records(unique, p.val_fraction, p.seed)
     val, overlap = drop_val_overlap(train, val)

@@ -16,6 +16,7 @@ import logging
 from collections import Counter
 
 import numpy as np
+from tqdm import tqdm
 
 from src.cli import run
 from src.config import Params
@@ -65,11 +66,12 @@ def _read_metrics(path) -> dict:
 
 def main(cfg: Params) -> dict:
     sources = sorted(cfg.paths.processed.model_dump())
-    merged: dict[str, list[Record]] = {}
+    merged: dict[str, list[Record]] = {split: [] for split in SPLITS}
     for split in SPLITS:
-        merged[split] = [r.model_copy(update={"group": None})
-                         for source in sources
-                         for r in read_jsonl(cfg.paths.split_file(source, split))]
+        for source in sources:
+            path = cfg.paths.split_file(source, split)
+            records = tqdm(read_jsonl(path), desc=str(path), unit="record", mininterval=1)
+            merged[split] += [r.model_copy(update={"group": None}) for r in records]
     merged["val"], cross_source = drop_val_overlap(merged["train"], merged["val"])
     overlap = prompt_overlap(merged["train"], merged["val"])
     if overlap:
