@@ -79,7 +79,7 @@ class IdentityParams(Section):
     creator: NonEmptyStr
     purpose: NonEmptyStr
     others: Annotated[list[OtherAssistant], Field(min_length=1)]
-    variants_per_template: Annotated[int, Field(ge=1, le=50)]
+    variants_per_template: Annotated[int, Field(ge=1, le=16)]
     seed: Seed
 
     @model_validator(mode="after")
