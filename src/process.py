@@ -2,7 +2,7 @@
 
 Each stage supplies the columns it needs and a pure ``to_record(row, max_chars)`` that
 returns a Record or the reason the row is dropped; rows in = rows out + rows dropped.
-Records stream to the output file, so memory stays bounded by one row group.
+Records stream to the output file, so memory stays bounded by one read batch.
 """
 
 from __future__ import annotations
