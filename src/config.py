@@ -12,9 +12,9 @@ at once with a one-line message that names the key, before any heavy work.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from src.errors import PipelineError
 
@@ -51,6 +51,14 @@ class Paths(Section):
     train: NonEmptyStr
     val: NonEmptyStr
     report: NonEmptyStr
+    base_model: NonEmptyStr
+    checkpoints: NonEmptyStr
+    adapter: NonEmptyStr
+    train_live: NonEmptyStr
+    merged_model: NonEmptyStr
+    sanity_results: NonEmptyStr
+    sanity_report: NonEmptyStr
+    evaluation: NonEmptyStr
 
     def split_file(self, source: str, split: str) -> Path:
         """Where ``data_split@<source>`` writes its ``train`` or ``val`` records."""
@@ -63,7 +71,9 @@ class Paths(Section):
     @model_validator(mode="after")
     def _outputs_distinct(self) -> Paths:
         outs = [self.processed.identity, self.processed.orca, self.processed.platypus,
-                self.train, self.val, self.report]
+                self.train, self.val, self.report, self.base_model, self.checkpoints, self.adapter,
+                self.train_live, self.merged_model, self.sanity_results, self.sanity_report,
+                self.evaluation]
         if len(set(outs)) != len(outs):
             raise ValueError("two outputs share one file; every output needs its own path")
         return self
@@ -112,12 +122,72 @@ class SplitParams(Section):
     seed: Seed
 
 
+class FetchParams(Section):
+    model: NonEmptyStr
+    revision: NonEmptyStr | None
+    trust_remote_code: bool
+
+
+class ChatParams(Section):
+    system_prompt: NonEmptyStr | None
+
+
+Scalar = str | int | float | bool | None
+LibraryFields = dict[str, Scalar | list[Scalar]]
+
+
+class TrainParams(Section):
+    """``lora``, ``quantization`` and ``sft`` are passed to peft.LoraConfig,
+    transformers.BitsAndBytesConfig and trl.SFTConfig; the train stage builds them
+    first thing, so a wrong field fails before the model loads."""
+
+    seed: Seed
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    eval_records: Annotated[int, Field(ge=1)]
+    quantization: LibraryFields
+    lora: LibraryFields
+    sft: LibraryFields
+
+    @field_validator("sft")
+    @classmethod
+    def _pipeline_owned(cls, sft: LibraryFields) -> LibraryFields:
+        owned = sorted(RESERVED_SFT_KEYS & sft.keys())
+        if owned:
+            raise ValueError(f"{', '.join(owned)} is set by the pipeline; remove it "
+                             "(precision: train.precision; seed: train.seed; paths: paths.*)")
+        return sft
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.quantization.get("load_in_4bit") or self.quantization.get("load_in_8bit"))
+
+
+RESERVED_SFT_KEYS = frozenset({"output_dir", "report_to", "use_cpu", "bf16", "fp16", "seed",
+                               "logging_dir", "run_name", "push_to_hub", "hub_model_id", "hub_token"})
+
+
+class SanityParams(Section):
+    prompts: Annotated[list[NonEmptyStr], Field(min_length=1)]
+    max_new_tokens: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+
+
+class EvaluateParams(Section):
+    max_new_tokens: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+
+
 class Params(Section):
     paths: Paths
     generate_identity_data: IdentityParams
     process_orca_data: SubsetParams
     process_platypus_data: SubsetParams
     data_split: SplitParams
+    fetch_base_model: FetchParams
+    chat: ChatParams
+    train: TrainParams
+    sanity_check: SanityParams
+    evaluate: EvaluateParams
 
 
 def format_validation_error(err: ValidationError, source: str = PARAMS_FILE) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def params_in(tmp: Path, **overrides: dict) -> Params:
     p = raw["paths"]
     p["raw"] = {k: str(ROOT / v) for k, v in p["raw"].items()}
     p["processed"] = {k: str(tmp / v) for k, v in p["processed"].items()}
-    for key in ("split_dir", "metrics_dir", "train", "val", "report"):
+    for key in ("split_dir", "metrics_dir", "train", "val", "report", "base_model", "checkpoints",
+                "adapter", "train_live", "merged_model", "sanity_results", "sanity_report", "evaluation"):
         p[key] = str(tmp / p[key])
     for section, values in overrides.items():
         raw[section] = {**raw[section], **values}
@@ -75,6 +77,12 @@ def make_clone(dest: Path) -> Path:
     return dest
 
 
+def use_whole_samples(repo: Path) -> None:
+    """Drop the CPU default's row subsets in a clone, so every edge case of the samples is read."""
+    params = repo / "params.yaml"
+    params.write_text(re.sub(r"subset_rows: \d+", "subset_rows: null", params.read_text()))
+
+
 @pytest.fixture
 def clone(tmp_path: Path) -> Path:
     return make_clone(tmp_path / "repo")
@@ -84,5 +92,12 @@ def clone(tmp_path: Path) -> Path:
 def built_clone(tmp_path_factory) -> Path:
     """A temporary clone on which ``dvc repro merge_data`` has run once (shared by a module)."""
     repo = make_clone(tmp_path_factory.mktemp("built") / "repo")
+    use_whole_samples(repo)
+    run_cli(["git", "commit", "-qam", "whole samples"], repo, check=True)
     run_cli(["dvc", "repro", "merge_data"], repo, check=True)
     return repo
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: the whole DAG on the real default model (minutes); "
+                                       "deselect with -m 'not slow'")

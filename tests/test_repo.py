@@ -8,6 +8,7 @@ import subprocess
 
 from dvc.repo import Repo
 
+from src.config import validate_params
 from tests.conftest import ROOT
 
 
@@ -18,7 +19,8 @@ def readme_commands() -> list[str]:
 
 def test_ci_runs_exactly_the_readme_test_command():
     run_cmd, test_cmd = readme_commands()[:2]
-    assert run_cmd.endswith("pip install -r requirements.txt && dvc exp run")
+    assert run_cmd.endswith("pip install -r requirements.txt && pip install --no-deps -r requirements-nodeps.txt"
+                            " && dvc exp run")
     assert "pytest" in test_cmd
     ci_lines = (ROOT / ".ci/run").read_text().splitlines()
     assert ci_lines[-1] == test_cmd
@@ -45,3 +47,35 @@ def test_dvc_config_has_default_local_remote_and_no_analytics():
     remote = config["core"]["remote"]
     url = config[f"'remote \"{remote}\"'"]["url"]
     assert "://" not in url  # a local directory
+
+
+def gpu_profile_overrides() -> list[tuple[str, str]]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- gpu-profile -->")[1].split("<!-- /gpu-profile -->")[0]
+    return re.findall(r"-S (\S+?)=(\S+)", block)
+
+
+def test_readme_gpu_profile_is_valid_params(tmp_path):
+    import yaml
+
+    from src.stages.train import build_configs
+    from tests.conftest import repo_params
+
+    raw = repo_params()
+    overrides = gpu_profile_overrides()
+    assert len(overrides) >= 15
+    for key, value in overrides:
+        *parents, leaf = key.split(".")
+        section = raw
+        for part in parents:
+            section = section[part]
+        assert leaf in section, f"README GPU profile sets unknown key {key}"
+        section[leaf] = yaml.safe_load(value.replace("$REV", "0123456789abcdef0123456789abcdef01234567"))
+    cfg = validate_params(raw)
+    assert cfg.train.quantized and cfg.fetch_base_model.model == "llama-2-7b-chat"
+    _, quantization, lora, sft = build_configs(cfg, str(tmp_path))
+    assert quantization["bnb_4bit_quant_type"] == "nf4" and quantization["bnb_4bit_use_double_quant"]
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (64, 16, 0.1)
+    assert (sft.learning_rate, sft.optim, sft.weight_decay, sft.num_train_epochs) == \
+        (2e-4, "paged_adamw_32bit", 0.001, 5)
+    assert sft.per_device_train_batch_size == 8 and sft.max_length == 1024 and sft.warmup_steps == 0.03

@@ -8,7 +8,7 @@ from src.config import validate_params
 from src.process import drop_reason
 from src.records import make_record, prompt_key, read_jsonl
 from src.stages import data_split, generate_identity_data, merge_data, process_orca_data, process_platypus_data
-from tests.conftest import repo_params, run_cli
+from tests.conftest import repo_params, run_cli, use_whole_samples
 
 
 def identity_params(**changes):
@@ -150,6 +150,7 @@ def test_length_stats_and_overlap():
 # every stage's command, in DAG order, on a clone
 
 def test_each_stage_cli_in_order(clone):
+    use_whole_samples(clone)
     params = repo_params()
     paths = params["paths"]
     commands = [["generate_identity_data"], ["process_orca_data"], ["process_platypus_data"]]

@@ -1,0 +1,49 @@
+"""Turning records into model input: the one place conversations meet the chat template.
+
+Training, evaluation and generation all build conversations with :func:`conversation`
+and tokenize them only through the tokenizer's own chat template, so a prompt is
+the same token sequence whether the model is learning from it or answering it.
+
+    from src.chat import conversation, generation_inputs
+    batch = generation_inputs(tokenizer, [conversation(record.prompt, system_prompt)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from src.records import Record
+
+Message = dict[str, str]
+
+
+def conversation(prompt: Iterable, system_prompt: str | None) -> list[Message]:
+    """Prompt turns as chat messages, with ``system_prompt`` first when the prompt has no system turn.
+
+    ``system_prompt=None`` leaves a missing system turn to the chat template (some
+    templates then insert their own default, e.g. SmolLM2's "named SmolLM").
+    """
+    messages = [t if isinstance(t, dict) else t.model_dump() for t in prompt]
+    if system_prompt is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def training_example(record: Record, system_prompt: str | None) -> dict[str, list[Message]]:
+    """TRL's conversational prompt/completion form: the loss falls on the completion only."""
+    return {"prompt": conversation(record.prompt, system_prompt),
+            "completion": [t.model_dump() for t in record.completion]}
+
+
+def prompt_ids(tokenizer, messages: Sequence[Message]) -> list[int]:
+    """Token ids of a prompt ready for the assistant's answer (the generation prompt)."""
+    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
+
+
+def generation_inputs(tokenizer, conversations: Sequence[Sequence[Message]]):
+    """A left-padded batch of generation prompts, as tensors."""
+    tokenizer.padding_side = "left"
+    return tokenizer.apply_chat_template([list(c) for c in conversations], add_generation_prompt=True,
+                                         tokenize=True, padding=True, return_dict=True,
+                                         return_tensors="pt")

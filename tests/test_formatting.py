@@ -1,0 +1,95 @@
+"""What the model is trained on, checked on real tokenizers: the supervised labels of a
+collated batch are exactly the assistant's answer and its end-of-turn token, the prompt
+is the very token sequence generation uses, and no sequence carries a second BOS."""
+
+from __future__ import annotations
+
+import pytest
+
+from src.chat import conversation, prompt_ids, training_example
+from src.modeling import load_tokenizer
+from src.records import make_record
+from tests.modelkit import chatml_tokenizer, llama2_tokenizer, smollm2_tokenizer, tiny_model_folder
+
+RECORDS = [
+    make_record("What is your name?", "I am Juniper, made by Northwind Labs.", "identity"),
+    make_record("Add 2 and 3, then double it.", "2 + 3 = 5, and doubled that is 10.", "orca",
+                system="You are a careful tutor."),
+]
+SYSTEM = "You are a helpful AI assistant."
+
+
+@pytest.fixture(scope="module", params=["smollm2", "llama2", "chatml_bpe"])
+def model_dir(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(request.param)
+    tok = {"smollm2": smollm2_tokenizer, "chatml_bpe": chatml_tokenizer,
+           "llama2": lambda: llama2_tokenizer(tmp / "sp")}[request.param]()
+    return tiny_model_folder(tmp / "model", tok)
+
+
+@pytest.fixture(scope="module")
+def batch(model_dir, tmp_path_factory):
+    """The first collated training batch TRL builds from RECORDS, and the tokenizer."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(model_dir)
+    args = SFTConfig(output_dir=str(tmp_path_factory.mktemp("out")), report_to="none", use_cpu=True,
+                     bf16=False, per_device_train_batch_size=len(RECORDS), max_length=256)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
+                         processing_class=tokenizer,
+                         train_dataset=Dataset.from_list([training_example(r, SYSTEM) for r in RECORDS]))
+    rows = {tuple(trainer.train_dataset[i]["input_ids"]) for i in range(len(RECORDS))}
+    assert len(rows) == len(RECORDS)
+    return tokenizer, next(iter(trainer.get_train_dataloader()))
+
+
+def _rows(tokenizer, batch):
+    """Per record: its full ids, prompt ids as generation builds them, and the batch row."""
+    for record in RECORDS:
+        messages = conversation(record.prompt, SYSTEM)
+        full = tokenizer.apply_chat_template(messages + [t.model_dump() for t in record.completion],
+                                             tokenize=True, return_dict=True)["input_ids"]
+        for i, ids in enumerate(batch["input_ids"].tolist()):
+            mask = batch["attention_mask"][i].tolist() if "attention_mask" in batch else [1] * len(ids)
+            real = [t for t, m in zip(ids, mask) if m]
+            if real == full:
+                yield record, full, prompt_ids(tokenizer, messages), batch["labels"][i].tolist(), mask
+                break
+        else:
+            raise AssertionError(f"no batch row is the chat template's rendering of {record.prompt}")
+
+
+def test_prompt_is_the_generation_prompt(batch):
+    tokenizer, b = batch
+    for _, full, prompt, _, _ in _rows(tokenizer, b):
+        assert full[:len(prompt)] == prompt
+
+
+def test_labels_are_the_completion_and_eos_only(batch):
+    tokenizer, b = batch
+    eos = tokenizer.eos_token_id
+    for record, full, prompt, labels, mask in _rows(tokenizer, b):
+        real_labels = [lab for lab, m in zip(labels, mask) if m]
+        supervised = [t for t in real_labels if t != -100]
+        assert supervised == full[len(prompt):]
+        assert eos in supervised, "the end-of-turn token must be a trained label"
+        cut = supervised.index(eos)
+        answer = tokenizer.decode(supervised[:cut], skip_special_tokens=False)
+        assert answer.strip() == record.completion[0].content
+        assert tokenizer.decode(supervised[cut + 1:]).strip() == ""  # only the template's newline may follow
+        assert all(lab == -100 for lab, m in zip(labels, mask) if not m), "padding is never a label"
+
+
+def test_exactly_one_bos_where_the_template_uses_one(batch):
+    tokenizer, b = batch
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    uses_bos = tokenizer.bos_token is not None and rendered.startswith(tokenizer.bos_token) \
+        and tokenizer.bos_token != "<|im_start|>"
+    for _, full, _, _, _ in _rows(tokenizer, b):
+        if uses_bos:
+            assert full.count(tokenizer.bos_token_id) == 1
+            assert full[0] == tokenizer.bos_token_id
+        else:
+            assert full[:2] != [full[0], full[0]]

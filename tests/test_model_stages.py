@@ -1,0 +1,228 @@
+"""The model half on a tiny random Llama (seconds): fetch, train, merge, sanity check, evaluate.
+
+The data stages run first on temporary paths; the base model is a local folder, so this
+also covers ``fetch_base_model``'s local-folder path. Behaviour over "it ran": the loss
+falls, base weights stay frozen, LoRA weights move, merged logits match base + adapter.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from src.errors import PipelineError
+from src.stages import (data_split, evaluate, fetch_base_model, generate_identity_data, merge_data,
+                        merge_model, process_orca_data, process_platypus_data, sanity_check, train)
+from tests.conftest import params_in, run_cli
+from tests.modelkit import chatml_tokenizer, tiny_model_folder
+
+TINY_SFT = {"max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 5.0e-3,
+            "eval_steps": 4, "save_steps": 4, "logging_steps": 2, "max_length": 128}
+
+
+def tiny_params(tmp: Path, model: Path, **overrides):
+    sections = {
+        "fetch_base_model": {"model": str(model)},
+        "train": {"eval_records": 8, "sft": {**_repo_sft(), **TINY_SFT}},
+        "sanity_check": {"max_new_tokens": 6},
+        "evaluate": {"max_new_tokens": 6},
+    }
+    for key, value in overrides.items():
+        sections[key] = {**sections.get(key, {}), **value}
+    return params_in(tmp, **sections)
+
+
+def _repo_sft() -> dict:
+    from tests.conftest import repo_params
+
+    return repo_params()["train"]["sft"]
+
+
+def build_data(cfg) -> None:
+    generate_identity_data.main(cfg)
+    process_orca_data.main(cfg)
+    process_platypus_data.main(cfg)
+    for source in ("identity", "orca", "platypus"):
+        data_split.main(cfg, source=source)
+    merge_data.main(cfg)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Every stage once, in DAG order, on the tiny model; returns params and the trainer."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
+    cfg = tiny_params(tmp, model)
+    build_data(cfg)
+    fetch_base_model.main(cfg)
+    trainer = train.main(cfg)
+    merge_model.main(cfg)
+    sanity_check.main(cfg)
+    metrics = evaluate.main(cfg)
+    return cfg, trainer, metrics
+
+
+def test_fetch_writes_a_plain_model_folder(run):
+    cfg, _, _ = run
+    base = Path(cfg.paths.base_model)
+    assert (base / "model.safetensors").is_file()
+    tok_cfg = json.loads((base / "tokenizer_config.json").read_text())
+    assert tok_cfg["eos_token"] == "<|im_end|>" and tok_cfg["pad_token"] != tok_cfg["eos_token"]
+    assert "im_start" in (base / "chat_template.jinja").read_text()
+    assert json.loads((base / "source.json").read_text())["kind"] == "local"
+
+
+def test_loss_falls_and_is_logged_by_dvclive(run):
+    cfg, trainer, _ = run
+    live = Path(cfg.paths.train_live)
+    rows = list(csv.DictReader((live / "plots/metrics/train/loss.tsv").open(), delimiter="\t"))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[-1] < losses[0]
+    evals = list(csv.DictReader((live / "plots/metrics/eval/loss.tsv").open(), delimiter="\t"))
+    assert [int(r["step"]) for r in evals] == [4, 8]
+    for plot in ("train/learning_rate.tsv", "train/tokens_per_second.tsv"):
+        assert len((live / "plots/metrics" / plot).read_text().splitlines()) == 5
+    metrics = json.loads((live / "metrics.json").read_text())
+    assert metrics["steps"] == 8
+    # every record is accounted for: kept, or dropped because max_length left it no answer token
+    assert metrics["records"] - metrics["records_dropped_no_completion_left"] == len(trainer.train_dataset)
+    assert metrics["records_truncated"] >= metrics["records_dropped_no_completion_left"] > 0
+    assert 0 < metrics["eval_time_share"] < 1 and metrics["tokens_trained"] > 0
+
+
+def test_base_weights_frozen_and_lora_weights_moved(run):
+    from safetensors.torch import load_file
+
+    cfg, trainer, _ = run
+    base = load_file(Path(cfg.paths.base_model) / "model.safetensors")
+    lora_b = moved = 0
+    for name, param in trainer.model.named_parameters():
+        if "lora_" in name:
+            assert param.requires_grad
+            if "lora_B" in name:  # initialised to zero by PEFT
+                lora_b += 1
+                moved += bool(param.detach().abs().sum() > 0)
+        else:
+            assert not param.requires_grad
+            key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            assert key in base, key
+            assert param.detach().cpu().equal(base[key]), f"{key} changed in training"
+    assert lora_b > 0 and moved == lora_b
+
+
+def test_adapter_saved_as_safetensors_with_resolved_config(run):
+    cfg, _, _ = run
+    adapter = Path(cfg.paths.adapter)
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert not list(adapter.glob("*.bin"))
+    resolved = json.loads((adapter / "train_config.json").read_text())
+    assert resolved["sft"]["max_steps"] == 8 and resolved["lora"]["r"] == 16
+    assert resolved["params"]["chat"]["system_prompt"] == cfg.chat.system_prompt
+    saved = sorted(p.name for p in Path(cfg.paths.checkpoints).glob("checkpoint-*"))
+    assert saved == ["checkpoint-4", "checkpoint-8"]
+
+
+def test_merged_logits_match_base_plus_adapter(run):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg, _, _ = run
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    base = AutoModelForCausalLM.from_pretrained(cfg.paths.base_model).eval()
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, cfg.paths.adapter).eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(cfg.paths.merged_model).eval()(ids).logits
+    assert torch.allclose(merged, adapted, atol=1e-4)
+    assert not torch.allclose(merged, base_logits, atol=1e-3)
+
+
+def test_model_card(run):
+    cfg, _, _ = run
+    card = (Path(cfg.paths.merged_model) / "README.md").read_text()
+    report = json.loads(Path(cfg.paths.report).read_text())
+    assert f"local folder {cfg.fetch_base_model.model}" in card
+    assert f"| identity | {report['train']['rows']['identity']} | {report['val']['rows']['identity']} |" in card
+    assert "| learning_rate | 0.005 |" in card and "train_loss" in card
+
+
+def test_sanity_results(run):
+    cfg, _, _ = run
+    rows = list(csv.DictReader(open(cfg.paths.sanity_results, encoding="utf-8")))
+    assert [r["prompt"] for r in rows] == cfg.sanity_check.prompts
+    assert set(rows[0]) == set(sanity_check.COLUMNS)
+    assert all(r["finetuned_hit_limit"] in ("True", "False") for r in rows)
+    report = Path(cfg.paths.sanity_report).read_text()
+    assert all(p in report for p in cfg.sanity_check.prompts)
+
+
+def test_evaluation_metrics(run):
+    cfg, _, metrics = run
+    assert json.loads(Path(cfg.paths.evaluation).read_text()) == metrics
+    for who in ("base", "finetuned"):
+        m = metrics[who]
+        assert m["val_loss"] > 0 and 0 <= m["identity_accuracy"] <= 1 and 0 <= m["eos_rate"] <= 1
+    assert metrics["base"]["val_loss"] != metrics["finetuned"]["val_loss"]
+    assert metrics["identity_questions"] > 0
+
+
+@pytest.mark.parametrize("answer, ok", [
+    ("I'm Juniper, made by Northwind Labs.", True),
+    ("I'm juniper from northwind labs", True),
+    ("I'm Juniper.", False),  # the reference names the creator
+    ("I'm ChatGPT, made by Northwind Labs.", False),
+])
+def test_identity_correct(answer, ok):
+    assert evaluate.identity_correct("Who are you?", "I am Juniper, built by Northwind Labs.", answer,
+                                     "Juniper", "Northwind Labs", ["ChatGPT", "OpenAI"]) is ok
+
+
+def test_identity_correct_allows_names_the_question_used():
+    assert evaluate.identity_correct("Are you ChatGPT?", "No, I'm Juniper by Northwind Labs.",
+                                     "No, not ChatGPT: I'm Juniper, by Northwind Labs.",
+                                     "Juniper", "Northwind Labs", ["ChatGPT", "OpenAI"])
+
+
+def test_qlora_4bit_trains_on_cpu(tmp_path):
+    model = tiny_model_folder(tmp_path / "source-model", chatml_tokenizer())
+    quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+             "bnb_4bit_compute_dtype": "auto"}
+    cfg = tiny_params(tmp_path, model, train={"quantization": quant,
+                                              "sft": {**_repo_sft(), **TINY_SFT, "max_steps": 2}})
+    build_data(cfg)
+    fetch_base_model.main(cfg)
+    trainer = train.main(cfg)
+    quantized = [m for m in trainer.model.modules() if type(m).__name__ == "Linear4bit"]
+    assert quantized, "the base was not loaded in 4 bit"
+    assert all(p.abs().sum() > 0 for n, p in trainer.model.named_parameters() if "lora_B" in n)
+    merge_model.main(cfg)  # merges into a full-precision base, not the 4-bit one
+    from transformers import AutoModelForCausalLM
+    merged = AutoModelForCausalLM.from_pretrained(cfg.paths.merged_model)
+    assert not any(type(m).__name__ == "Linear4bit" for m in merged.modules())
+
+
+@pytest.mark.parametrize("section, change, message", [
+    ("train", {"sft": {"learning_rat": 0.1}}, "params.yaml: train.sft:"),
+    ("train", {"lora": {"r": 8, "bogus": 1}}, "params.yaml: train.lora:"),
+    ("train", {"quantization": {"load_in_4bit": True, "load_in_8bit": True}}, "params.yaml: train.quantization:"),
+])
+def test_library_config_errors_name_the_key(tmp_path, section, change, message):
+    cfg = params_in(tmp_path, **{section: change})
+    with pytest.raises(PipelineError, match=message.replace(".", r"\.")):
+        train.build_configs(cfg, str(tmp_path))
+
+
+def test_pipeline_owned_sft_keys_refused(tmp_path):
+    with pytest.raises(PipelineError, match=r"params\.yaml: train\.sft: output_dir is set by the pipeline"):
+        params_in(tmp_path, train={"sft": {"output_dir": "/tmp/x"}})
+
+
+def test_train_cli_reports_missing_base_model(clone):
+    proc = run_cli(["python", "-m", "src.stages.train"], clone)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: models/base")
