@@ -163,7 +163,8 @@ class TrainParams(Section):
 
 
 RESERVED_SFT_KEYS = frozenset({"output_dir", "report_to", "use_cpu", "bf16", "fp16", "seed",
-                               "logging_dir", "run_name", "push_to_hub", "hub_model_id", "hub_token"})
+                               "logging_dir", "run_name", "push_to_hub", "hub_model_id", "hub_token",
+                               "include_num_input_tokens_seen"})
 
 
 class SanityParams(Section):

@@ -75,5 +75,6 @@ def test_second_run_is_a_no_op_and_training_change_reruns_only_downstream(pipeli
     repo, _, _ = pipeline
     again = run_cli(["dvc", "exp", "run"], repo, check=True)
     assert ran_stages(again.stdout) == set(), again.stdout
-    changed = run_cli(["dvc", "exp", "run", "--dry", "-S", "train.lora.lora_dropout=0.1"], repo, check=True)
+    # a short training run keeps this cheap; what matters is which stages run
+    changed = run_cli(["dvc", "exp", "run", "-S", "train.sft.max_steps=2"], repo, check=True)
     assert ran_stages(changed.stdout) == MODEL_STAGES, changed.stdout

@@ -49,7 +49,7 @@ def build_configs(cfg: Params, output_dir: str):
         ("sft", SFTConfig, {
             **tc.sft, "output_dir": output_dir, "report_to": "none", "use_cpu": on_cpu,
             "bf16": str(dtype) == "torch.bfloat16", "fp16": str(dtype) == "torch.float16",
-            "seed": tc.seed, "save_only_model": False,
+            "seed": tc.seed, "save_only_model": False, "include_num_input_tokens_seen": "non_padding",
         }),
     ):
         try:
@@ -176,6 +176,7 @@ def main(cfg: Params):
     history = trainer.state.log_history
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
     train_seconds = result.metrics["train_runtime"]
+    tokens = trainer.state.num_input_tokens_seen  # non-padding tokens the model computed on
     summary = {
         "train_loss": result.training_loss,
         "eval_loss": next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None),
@@ -183,12 +184,11 @@ def main(cfg: Params):
         "records": len(train_examples),
         "records_truncated": truncated,
         "records_dropped_no_completion_left": dropped,
-        "tokens_trained": int(trainer.state.num_input_tokens_seen or sum(lengths)),
+        "tokens_trained": int(tokens),
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
         "eval_time_share": round(eval_seconds / train_seconds, 4) if train_seconds else 0.0,
-        "tokens_per_second": round(sum(lengths) * sft_config.num_train_epochs / train_seconds, 2)
-        if sft_config.max_steps <= 0 and train_seconds else None,
+        "tokens_per_second": round(tokens / train_seconds, 2) if train_seconds else 0.0,
     }
     for key, value in summary.items():
         if value is not None:
