@@ -149,6 +149,12 @@ def test_model_card(run):
     assert f"local folder {cfg.fetch_base_model.model}" in card
     assert f"| identity | {report['train']['rows']['identity']} | {report['val']['rows']['identity']} |" in card
     assert "| learning_rate | 0.005 |" in card and "train_loss" in card
+    merged = Path(cfg.paths.merged_model)
+    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == \
+        json.loads((merged / "config.json").read_text())["eos_token_id"]
+    assert (merged / "chat_template.jinja").read_text() == \
+        (Path(cfg.paths.base_model) / "chat_template.jinja").read_text()
+    assert (merged / "model.safetensors").is_file() and not list(merged.glob("*.bin"))
 
 
 def test_sanity_results(run):
