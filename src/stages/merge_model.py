@@ -10,25 +10,16 @@ revision, the data, the key params and the training metrics.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
 from src.cli import run
 from src.config import Params
-from src.errors import PipelineError
-from src.modeling import SOURCE_FILE, compute_dtype, device_kind, load_model, load_tokenizer
+from src.modeling import SOURCE_FILE, TRAIN_CONFIG_FILE, compute_dtype, device_kind, load_model, load_tokenizer
+from src.records import read_json
 
 log = logging.getLogger(__name__)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise PipelineError(f"{path}: cannot be read ({err})") from err
 
 
 def model_card(cfg: Params, source: dict, report: dict, metrics: dict, train_config: dict) -> str:
@@ -89,7 +80,7 @@ def main(cfg: Params) -> None:
 
     paths = cfg.paths
     base_dir, adapter_dir, out = Path(paths.base_model), Path(paths.adapter), Path(paths.merged_model)
-    train_config = _read_json(adapter_dir / "train_config.json")
+    train_config = read_json(adapter_dir / TRAIN_CONFIG_FILE)
     dtype = compute_dtype(cfg.train.precision)
     log.info("loading %s in %s (never quantized for merging) on %s", base_dir,
              str(dtype).removeprefix("torch."), device_kind())
@@ -101,8 +92,8 @@ def main(cfg: Params) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     merged.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    card = model_card(cfg, _read_json(base_dir / SOURCE_FILE), _read_json(Path(paths.report)),
-                      _read_json(Path(paths.train_live) / "metrics.json"), train_config)
+    card = model_card(cfg, read_json(base_dir / SOURCE_FILE), read_json(Path(paths.report)),
+                      read_json(Path(paths.train_live) / "metrics.json"), train_config)
     (partial / "README.md").write_text(card, encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)

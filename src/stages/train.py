@@ -22,12 +22,10 @@ from src.chat import training_example
 from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
-from src.modeling import compute_dtype, device_kind, load_model, load_tokenizer
+from src.modeling import TRAIN_CONFIG_FILE, compute_dtype, device_kind, load_model, load_tokenizer
 from src.records import read_jsonl, write_json
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "train_config.json"
 
 
 def build_configs(cfg: Params, output_dir: str):
@@ -195,7 +193,7 @@ def main(cfg: Params):
             live.summary[key] = value
     live.make_summary()
     live.end()
-    write_json(adapter_dir / CONFIG_FILE, jsonable({
+    write_json(adapter_dir / TRAIN_CONFIG_FILE, jsonable({
         "params": cfg.model_dump(include={"fetch_base_model", "chat", "train"}),
         "sft": sft_config.to_dict(), "lora": lora_config.to_dict(),
         "quantization": quantization, "device": device_kind(), "summary": summary,
