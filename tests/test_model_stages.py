@@ -16,7 +16,7 @@ import pytest
 from src.errors import PipelineError
 from src.stages import (data_split, evaluate, fetch_base_model, generate_identity_data, merge_data,
                         merge_model, process_orca_data, process_platypus_data, sanity_check, train)
-from tests.conftest import params_in, run_cli
+from tests.conftest import params_in, repo_params, run_cli
 from tests.modelkit import chatml_tokenizer, tiny_model_folder
 
 TINY_SFT = {"max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 5.0e-3,
@@ -36,8 +36,6 @@ def tiny_params(tmp: Path, model: Path, **overrides):
 
 
 def _repo_sft() -> dict:
-    from tests.conftest import repo_params
-
     return repo_params()["train"]["sft"]
 
 

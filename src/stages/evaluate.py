@@ -21,7 +21,7 @@ from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
 from src.generation import generate
-from src.modeling import compute_dtype, device_kind, load_model, load_tokenizer
+from src.modeling import device_kind, load_for_inference
 from src.records import Record, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,7 @@ def validation_loss(model, tokenizer, examples: list[dict], cfg: Params) -> floa
 
 def score(model_dir: str, cfg: Params, val: list[Record], label: str) -> dict:
     ev, ident = cfg.evaluate, cfg.generate_identity_data
-    tokenizer = load_tokenizer(model_dir, cfg.fetch_base_model.trust_remote_code)
-    model = load_model(model_dir, compute_dtype(cfg.train.precision), None,
-                       cfg.fetch_base_model.trust_remote_code)
+    tokenizer, model = load_for_inference(model_dir, cfg.train.precision, cfg.fetch_base_model.trust_remote_code)
     loss = validation_loss(model, tokenizer, [training_example(r, cfg.chat.system_prompt) for r in val], cfg)
     identity = [r for r in val if r.source == IDENTITY_SOURCE]
     answers = generate(model, tokenizer, [conversation(r.prompt, cfg.chat.system_prompt) for r in identity],
