@@ -126,6 +126,8 @@ class FetchParams(Section):
     model: NonEmptyStr
     revision: NonEmptyStr | None
     trust_remote_code: bool
+    chat_template: NonEmptyStr | None
+    allow_pickle_weights: bool
 
 
 class ChatParams(Section):
@@ -144,6 +146,7 @@ class TrainParams(Section):
     seed: Seed
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     eval_records: Annotated[int, Field(ge=1)]
+    over_length: Literal["truncate", "drop"]
     quantization: LibraryFields
     lora: LibraryFields
     sft: LibraryFields

@@ -5,6 +5,11 @@ so the loss falls on the assistant's answer and its end-of-turn token only.
 Writes the adapter (safetensors), the tokenizer and the resolved config to
 ``paths.adapter``, and dvclive metrics and plots to ``paths.train_live``.
 
+Checkpoints (adapter, optimizer, scheduler, RNG states, data position) are written every
+``train.sft.save_steps`` under ``paths.checkpoints`` or ``$TRAIN_CHECKPOINT_DIR``; a stopped
+run started again resumes from the newest complete one of the same configuration
+(see src/checkpoints.py), and its dvclive series continue from the checkpoint's history.
+
     python -m src.stages.train                     # as dvc repro train runs it
     dvc exp run -S train.sft.learning_rate=5.0e-4  # a CPU experiment
 """
@@ -14,11 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 import time
 from pathlib import Path
 
 from src.chat import training_example
+from src.checkpoints import PREFIX, CheckpointStore, checkpoint_root, fingerprint_inputs
 from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
@@ -87,27 +92,36 @@ def make_callbacks(live):
         """Adds tokens/s (of the non-padding tokens the model computed on) to every training log."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.last = (time.perf_counter(), 0.0)
+            self.last = (time.perf_counter(), state.num_input_tokens_seen)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs is None or "num_tokens" not in logs or "loss" not in logs:
+            if logs is None or "loss" not in logs:
                 return
-            now, tokens = time.perf_counter(), float(logs["num_tokens"])
+            now, tokens = time.perf_counter(), state.num_input_tokens_seen
             then, before = self.last
             if now > then:
                 logs["tokens_per_second"] = round((tokens - before) / (now - then), 2)
             self.last = (now, tokens)
 
     class LiveMetrics(TrainerCallback):
-        """train/* and eval/* series in dvclive, one row per logged optimizer step."""
+        """train/* and eval/* series in dvclive, one row per logged optimizer step. A resumed
+        run first writes the rows of the checkpoint's history, so the series stay whole."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                for entry in state.log_history:
+                    self.record(entry, entry["step"])
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or not state.is_world_process_zero:
-                return
+            if logs and state.is_world_process_zero:
+                self.record(logs, state.global_step)
+
+        @staticmethod
+        def record(logs: dict, step: int) -> None:
             prefix = "eval" if "eval_loss" in logs else "train" if "loss" in logs else None
             if prefix is None:  # the end-of-training summary: written by main
                 return
-            live.step = state.global_step
+            live.step = step
             for key, value in logs.items():
                 name = key.removeprefix("eval_")
                 if name in LIVE_KEYS and isinstance(value, (int, float)):
@@ -115,6 +129,54 @@ def make_callbacks(live):
             live.make_summary()
 
     return [Throughput(), LiveMetrics()]
+
+
+def resumable(trainer_class, store: CheckpointStore):
+    """``trainer_class`` writing each checkpoint under ``store.staging`` and committing it
+    (manifest, sync, rename into place, pruning) only once it is whole."""
+
+    class Resumable(trainer_class):
+        def _get_output_dir(self, trial):
+            return str(store.staging)
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                staged = store.staging / f"{PREFIX}{self.state.global_step}"
+                final = store.commit(staged)
+                if self.state.best_model_checkpoint == str(staged):
+                    self.state.best_model_checkpoint = str(final)
+            self.accelerator.wait_for_everyone()
+
+    return Resumable
+
+
+def mean_train_loss(history: list[dict]) -> float | None:
+    """Mean training loss over the logged steps (each log is the mean since the one before),
+    from the trainer's history, so a resumed run reports the whole run's figure."""
+    total = steps = 0
+    last = 0
+    for entry in history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    return total / steps if steps else None
+
+
+def select_by_length(examples: list[dict], lengths: list[int], max_length: int | None, over_length: str,
+                     path: str) -> tuple[list[dict], int, int]:
+    """Apply ``train.over_length`` to records longer than ``max_length`` tokens:
+    ``truncate`` keeps them (TRL cuts them), ``drop`` leaves them out.
+    Returns (kept examples, truncated count, dropped count)."""
+    long = [n > max_length for n in lengths] if max_length else [False] * len(lengths)
+    if over_length == "truncate":
+        return examples, sum(long), 0
+    kept = [e for e, is_long in zip(examples, long) if not is_long]
+    if not kept:
+        raise PipelineError(f"{path}: all {len(examples)} records are longer than train.sft.max_length "
+                            f"{max_length} and train.over_length is drop; raise max_length or truncate")
+    return kept, 0, len(examples) - len(kept)
 
 
 def main(cfg: Params):
@@ -126,22 +188,36 @@ def main(cfg: Params):
     from trl import SFTTrainer
 
     paths, tc = cfg.paths, cfg.train
-    checkpoints, adapter_dir = Path(paths.checkpoints), Path(paths.adapter)
-    dtype, quantization, lora_config, sft_config = build_configs(cfg, str(checkpoints))
+    adapter_dir = Path(paths.adapter)
+    tokenizer = load_tokenizer(paths.base_model, cfg.fetch_base_model.trust_remote_code)
+    store = CheckpointStore(
+        checkpoint_root(paths.checkpoints),
+        fingerprint_inputs(cfg.model_dump(include={"chat", "train"}),
+                           {"train": paths.train, "val": paths.val}, paths.base_model),
+        keep=tc.sft.get("save_total_limit"))
+    dtype, quantization, lora_config, sft_config = build_configs(cfg, str(store.dir))
     log.info("training on %s in %s%s", device_kind(), str(dtype).removeprefix("torch."),
              " with 4-bit/8-bit base weights" if quantization else "")
 
     # Data: every record through the chat template, prompt and completion apart.
-    tokenizer = load_tokenizer(paths.base_model, cfg.fetch_base_model.trust_remote_code)
-    train_examples = load_examples(paths.train, cfg.chat.system_prompt)
+    all_examples = load_examples(paths.train, cfg.chat.system_prompt)
     val_examples = load_examples(paths.val, cfg.chat.system_prompt)
     eval_examples = random.Random(tc.seed).sample(val_examples, min(tc.eval_records, len(val_examples)))
-    lengths = token_lengths(tokenizer, train_examples)
+    lengths = token_lengths(tokenizer, all_examples)
     max_length = sft_config.max_length
-    truncated = sum(n > max_length for n in lengths) if max_length else 0
-    log.info("%d training records (%d tokens, %d longer than max_length %s and truncated); "
-             "%d of %d validation records scored during training",
-             len(train_examples), sum(lengths), truncated, max_length, len(eval_examples), len(val_examples))
+    train_examples, truncated, too_long = select_by_length(all_examples, lengths, max_length,
+                                                           tc.over_length, paths.train)
+    log.info("%d training records (%d tokens); %d longer than max_length %s: %d truncated, %d dropped; "
+             "%d of %d validation records scored during training", len(all_examples), sum(lengths),
+             truncated + too_long, max_length, truncated, too_long, len(eval_examples), len(val_examples))
+
+    # Checkpoints: resume from the newest complete one of this configuration, if any.
+    store.prepare()
+    resume = store.latest()
+    if resume:
+        log.info("resuming from %s (step %d)", resume, int(resume.name.removeprefix(PREFIX)))
+    else:
+        log.info("no checkpoint of this configuration in %s: training from step 0", store.dir)
 
     # Model: frozen base (quantized on load for QLoRA), LoRA adapter on top.
     torch.manual_seed(tc.seed)
@@ -150,43 +226,45 @@ def main(cfg: Params):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=sft_config.gradient_checkpointing)
 
-    # Checkpoints of an earlier run would be mistaken for this run's; start clean.
-    if checkpoints.exists():
-        log.info("removing earlier checkpoints in %s", checkpoints)
-        shutil.rmtree(checkpoints)
     live = Live(paths.train_live, dvcyaml=None, save_dvc_exp=False, report=None)
-    trainer = SFTTrainer(
+    trainer = resumable(SFTTrainer, store)(
         model=model, args=sft_config, processing_class=tokenizer, peft_config=lora_config,
         train_dataset=Dataset.from_list(train_examples), eval_dataset=Dataset.from_list(eval_examples),
         callbacks=make_callbacks(live),
     )
-    dropped = len(train_examples) - len(trainer.train_dataset)
+    no_completion = len(train_examples) - len(trainer.train_dataset)
     if len(trainer.train_dataset) == 0:
         raise PipelineError(f"{paths.train}: no record keeps a completion token within max_length {max_length}")
     trainer.model.print_trainable_parameters()
 
     # Train.
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     # Save: adapter and tokenizer, with the resolved config beside them.
-    trainer.model.save_pretrained(adapter_dir)  # adapter weights as safetensors, and its config
-    tokenizer.save_pretrained(adapter_dir)
+    try:
+        trainer.model.save_pretrained(adapter_dir)  # adapter weights as safetensors, and its config
+        tokenizer.save_pretrained(adapter_dir)
+    except OSError as err:
+        raise PipelineError(f"{adapter_dir}: cannot write the adapter ({err.strerror or err})") from err
     history = trainer.state.log_history
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
     train_seconds = result.metrics["train_runtime"]
     tokens = trainer.state.num_input_tokens_seen  # non-padding tokens the model computed on
+    tokens_this_run = tokens - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     summary = {
-        "train_loss": result.training_loss,
+        "train_loss": mean_train_loss(history),
         "eval_loss": next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None),
         "steps": trainer.state.global_step,
-        "records": len(train_examples),
+        "resumed_from_step": int(resume.name.removeprefix(PREFIX)) if resume else 0,
+        "records": len(all_examples),
+        "records_trained": len(trainer.train_dataset),
         "records_truncated": truncated,
-        "records_dropped_no_completion_left": dropped,
+        "records_dropped": {"too_long": too_long, "no_completion_left": no_completion},
         "tokens_trained": int(tokens),
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
         "eval_time_share": round(eval_seconds / train_seconds, 4) if train_seconds else 0.0,
-        "tokens_per_second": round(tokens / train_seconds, 2) if train_seconds else 0.0,
+        "tokens_per_second": round(tokens_this_run / train_seconds, 2) if train_seconds else 0.0,
     }
     for key, value in summary.items():
         if value is not None:
@@ -196,11 +274,13 @@ def main(cfg: Params):
     write_json(adapter_dir / TRAIN_CONFIG_FILE, jsonable({
         "params": cfg.model_dump(include={"fetch_base_model", "chat", "train"}),
         "sft": sft_config.to_dict(), "lora": lora_config.to_dict(),
-        "quantization": quantization, "device": device_kind(), "summary": summary,
+        "quantization": quantization, "device": device_kind(), "checkpoint_fingerprint": store.id,
+        "summary": summary,
     }))
     log.info("wrote %s: %d steps, train loss %.4f, eval loss %s, evaluation took %.1f%% of training time",
              adapter_dir, summary["steps"], summary["train_loss"], summary["eval_loss"],
              100 * summary["eval_time_share"])
+    store.remove()  # the adapter is written: this configuration's checkpoints are spent
     return trainer
 
 

@@ -1,0 +1,234 @@
+"""Resumable training: fingerprinted checkpoints, written so that a half-written one is never used.
+
+Checkpoints live under a root folder: ``paths.checkpoints`` in params, or the environment
+variable ``TRAIN_CHECKPOINT_DIR`` (a mounted bucket, say, so they outlive a spot machine).
+Each training configuration gets its own folder under it, named by a fingerprint of what
+decides the result: the params that change the weights, the data files' hashes, the base
+model's files, the library versions and the number of processes.
+
+    <root>/<fingerprint>/fingerprint.json           what the fingerprint was made of
+    <root>/<fingerprint>/checkpoint-<step>/         adapter, optimizer, scheduler, RNG states,
+                                                    trainer state (step, data position, logs)
+    <root>/<fingerprint>/checkpoint-<step>/manifest.json   written last: every file and its size
+    <root>/<fingerprint>/.staging/                  where a checkpoint is written before the rename
+
+A checkpoint is complete when its folder has been renamed into place and every file its
+manifest lists is there with the listed size (the manifest also covers object-store
+mounts, where a folder rename is a copy). On start, training resumes from the newest
+complete checkpoint of its own fingerprint; folders of other fingerprints are left alone,
+with a log line that names the settings that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from src.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "TRAIN_CHECKPOINT_DIR"
+FINGERPRINT_FILE = "fingerprint.json"
+MANIFEST_FILE = "manifest.json"
+STAGING = ".staging"
+PREFIX = "checkpoint-"
+# SFT settings that change logging, evaluation or checkpointing but not the trained weights.
+NOT_RESULT_SFT_KEYS = frozenset({
+    "save_strategy", "save_steps", "save_total_limit", "logging_strategy", "logging_steps",
+    "logging_first_step", "eval_strategy", "eval_steps", "per_device_eval_batch_size",
+    "eval_on_start", "disable_tqdm",
+})
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes")
+WHOLE_HASH_LIMIT = 64 * 2**20  # bigger files are hashed by size, head and tail
+SAMPLE_BYTES = 8 * 2**20
+
+
+def checkpoint_root(configured: str) -> Path:
+    """The environment variable ``TRAIN_CHECKPOINT_DIR`` when set, else ``paths.checkpoints``."""
+    return Path(os.environ.get(ENV_VAR) or configured)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file; for files over 64 MiB, of its size, first and last 8 MiB (fast on 13 GB)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size <= WHOLE_HASH_LIMIT:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+        else:
+            h.update(str(size).encode())
+            h.update(f.read(SAMPLE_BYTES))
+            f.seek(size - SAMPLE_BYTES)
+            h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    """One digest over every file of a folder (names and contents)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(folder).as_posix()}\0{file_digest(path)}\0".encode())
+    return h.hexdigest()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def fingerprint_inputs(params: dict, data_files: dict[str, str], base_model: str) -> dict:
+    """What decides the trained weights: ``params`` (the ``chat`` and ``train`` sections and
+    ``fetch_base_model``), the data files and the base model folder, libraries, process count."""
+    train = dict(params["train"])
+    train["sft"] = {k: v for k, v in train["sft"].items() if k not in NOT_RESULT_SFT_KEYS}
+    train.pop("eval_records", None)
+    return {
+        "params": {**params, "train": train},
+        "data": {name: file_digest(Path(path)) for name, path in sorted(data_files.items())},
+        "base_model": folder_digest(Path(base_model)),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+
+
+def fingerprint_id(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flatten(data, prefix: str = "") -> dict:
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            out |= _flatten(value, f"{prefix}{key}.")
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def differences(mine: dict, theirs: dict, limit: int = 4) -> str:
+    """The keys on which two fingerprints' inputs differ, as ``key: theirs -> mine``."""
+    a, b = _flatten(mine), _flatten(theirs)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    shown = [f"{k}: {b.get(k)!r} -> {a.get(k)!r}" if not k.startswith(("data.", "base_model"))
+             else f"{k} changed" for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(shown) + more
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+
+
+def step_of(folder: Path) -> int:
+    return int(folder.name.removeprefix(PREFIX))
+
+
+class CheckpointStore:
+    """The checkpoints of one training configuration under a root folder."""
+
+    def __init__(self, root: Path, inputs: dict, keep: int | None):
+        self.root, self.inputs, self.keep = root, inputs, keep
+        self.id = fingerprint_id(inputs)
+        self.dir = root / self.id
+        self.staging = self.dir / STAGING
+
+    def prepare(self) -> None:
+        """Create this configuration's folder, remove a checkpoint left half-written, and log
+        why the checkpoints of other configurations are not used."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _write_json(self.dir / FINGERPRINT_FILE, self.inputs)
+        except OSError as err:
+            raise PipelineError(f"{self.dir}: cannot write checkpoints ({err.strerror or err}); "
+                                f"check paths.checkpoints or {ENV_VAR}") from err
+        if self.staging.exists() and any(self.staging.iterdir()):
+            log.info("removing %s: a checkpoint whose writing was interrupted", self.staging)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        for other in sorted(p for p in self.root.iterdir() if p.is_dir() and p != self.dir):
+            theirs = other / FINGERPRINT_FILE
+            if not theirs.is_file():
+                log.info("ignoring %s: not a checkpoint folder of this pipeline (no %s)", other,
+                         FINGERPRINT_FILE)
+                continue
+            try:
+                why = differences(self.inputs, json.loads(theirs.read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError):
+                why = f"its {FINGERPRINT_FILE} cannot be read"
+            log.info("ignoring checkpoints in %s: another configuration (%s)", other, why)
+
+    def complete(self) -> list[Path]:
+        """This configuration's complete checkpoints, oldest first."""
+        found = []
+        for folder in self.dir.glob(f"{PREFIX}*"):
+            if not folder.name.removeprefix(PREFIX).isdigit():
+                continue
+            problem = self._problem(folder)
+            if problem:
+                log.info("ignoring %s: %s", folder, problem)
+            else:
+                found.append(folder)
+        return sorted(found, key=step_of)
+
+    def _problem(self, folder: Path) -> str | None:
+        try:
+            manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return f"incomplete (no readable {MANIFEST_FILE})"
+        if manifest.get("fingerprint") != self.id:
+            return "written by another configuration"
+        for name, size in manifest["files"].items():
+            path = folder / name
+            if not path.is_file() or path.stat().st_size != size:
+                return f"incomplete ({name} missing or of the wrong size)"
+        return None
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def commit(self, staged: Path) -> Path:
+        """Seal a checkpoint written under ``.staging``: drop the pickled training arguments
+        (never read back), write the manifest, sync, rename into place, prune old ones."""
+        (staged / "training_args.bin").unlink(missing_ok=True)
+        files = {p.relative_to(staged).as_posix(): p.stat().st_size
+                 for p in sorted(staged.rglob("*")) if p.is_file()}
+        _fsync_tree(staged)
+        _write_json(staged / MANIFEST_FILE, {"fingerprint": self.id, "files": files})
+        final = self.dir / staged.name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        self.prune()
+        return final
+
+    def prune(self) -> None:
+        """Keep the newest ``keep`` complete checkpoints (all when ``keep`` is None)."""
+        if not self.keep:
+            return
+        for old in self.complete()[:-self.keep]:
+            log.debug("removing old checkpoint %s", old)
+            shutil.rmtree(old, ignore_errors=True)
+
+    def remove(self) -> None:
+        """Delete this configuration's checkpoints (its adapter is saved; they are spent)."""
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,168 @@
+"""Resumable training on a tiny random Llama (seconds per run).
+
+A run stopped at a step resumes from its newest complete checkpoint and ends with the
+same adapter as a run that was never stopped; half-written checkpoints and checkpoints of
+another configuration are never used. (SIGKILL under ``dvc repro``: test_faults.py.)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from src import checkpoints
+from src.checkpoints import CheckpointStore
+from src.stages import fetch_base_model, train
+from tests.modelkit import chatml_tokenizer, tiny_model_folder
+from tests.test_model_stages import build_data, tiny_params
+
+SFT = {"max_steps": 9, "save_steps": 3, "save_total_limit": 2, "eval_steps": 4, "logging_steps": 1,
+       "learning_rate": 5.0e-3}
+
+
+class Stop(Exception):
+    """Raised from inside training to stop it as a crash would."""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
+    cfg = tiny_params(tmp, model, train={"sft": {**tiny_params(tmp, model).train.sft, **SFT}})
+    build_data(cfg)
+    fetch_base_model.main(cfg)
+    reference = train.main(cfg)
+    return cfg, adapter_weights(cfg), reference.state.log_history
+
+
+def adapter_weights(cfg) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(cfg.paths.adapter) / "adapter_model.safetensors")
+
+
+def stop_at(monkeypatch, step: int) -> None:
+    """Make training raise Stop once the optimizer has taken ``step`` steps (after any save)."""
+    from transformers import Trainer
+
+    original = Trainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step >= step:
+            raise Stop(step)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", training_step)
+
+
+def test_stopped_run_resumes_to_the_same_adapter(setup, monkeypatch, caplog):
+    cfg, reference, reference_history = setup
+    with monkeypatch.context() as m:
+        stop_at(m, 7)
+        with pytest.raises(Stop):
+            train.main(cfg)
+    root = Path(cfg.paths.checkpoints)
+    (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    # pruned to save_total_limit 2 of the checkpoints at steps 3 and 6
+    assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert not list(folder.rglob("*.bin"))  # no pickled training arguments
+    with caplog.at_level(logging.INFO):
+        trainer = train.main(cfg)
+    assert f"resuming from {folder / 'checkpoint-6'} (step 6)" in caplog.text
+    assert trainer.state.global_step == 9
+    resumed = adapter_weights(cfg)
+    assert resumed.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert (resumed[name] - tensor).abs().max().item() <= 1e-6, name
+    # the dvclive series are whole: the checkpoint's history first, then the resumed steps
+    live = Path(cfg.paths.train_live)
+    with (live / "plots/metrics/train/loss.tsv").open() as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f, delimiter="\t")]
+    assert steps == list(range(1, 10))
+    metrics = json.loads((live / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 6 and metrics["steps"] == 9
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses == pytest.approx([h["loss"] for h in reference_history if "loss" in h], abs=1e-5)
+    assert not root.joinpath(folder.name).exists()  # spent once the adapter is saved
+
+
+def test_half_written_and_foreign_checkpoints_are_not_used(setup, monkeypatch, caplog):
+    cfg, reference, _ = setup
+    with monkeypatch.context() as m:
+        stop_at(m, 4)
+        with pytest.raises(Stop):
+            train.main(cfg)
+    root = Path(cfg.paths.checkpoints)
+    (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    # a checkpoint renamed into place whose file is short (a copy cut off on a bucket mount)
+    done = folder / "checkpoint-3"
+    manifest = json.loads((done / checkpoints.MANIFEST_FILE).read_text())
+    fake = folder / "checkpoint-5"
+    fake.mkdir()
+    (fake / checkpoints.MANIFEST_FILE).write_text(json.dumps(manifest))
+    for name in manifest["files"]:
+        (fake / name).parent.mkdir(parents=True, exist_ok=True)
+        (fake / name).write_bytes(b"x")
+    # a staging folder left by a kill during a write, and another configuration's folder
+    (folder / ".staging/checkpoint-6").mkdir(parents=True)
+    other = root / "0123456789abcdef"
+    other.mkdir()
+    theirs = json.loads((folder / checkpoints.FINGERPRINT_FILE).read_text())
+    theirs["params"]["train"]["sft"]["learning_rate"] = 1.0e-4
+    (other / checkpoints.FINGERPRINT_FILE).write_text(json.dumps(theirs))
+    with caplog.at_level(logging.INFO):
+        train.main(cfg)
+    assert f"removing {folder / '.staging'}: a checkpoint whose writing was interrupted" in caplog.text
+    assert f"ignoring {fake}: incomplete" in caplog.text
+    assert (f"ignoring checkpoints in {other}: another configuration "
+            "(params.train.sft.learning_rate: 0.0001 -> 0.005)") in caplog.text
+    assert f"resuming from {done} (step 3)" in caplog.text
+    resumed = adapter_weights(cfg)
+    assert all((resumed[k] - v).abs().max().item() <= 1e-6 for k, v in reference.items())
+    assert other.exists()  # another configuration's checkpoints are left alone
+
+
+def test_changed_data_gets_a_new_fingerprint(setup, tmp_path):
+    cfg, _, _ = setup
+    inputs = checkpoints.fingerprint_inputs(cfg.model_dump(include={"chat", "train"}),
+                                            {"train": cfg.paths.train}, cfg.paths.base_model)
+    copy = tmp_path / "train.jsonl"
+    copy.write_text(Path(cfg.paths.train).read_text() + "\n")
+    changed = checkpoints.fingerprint_inputs(cfg.model_dump(include={"chat", "train"}),
+                                             {"train": str(copy)}, cfg.paths.base_model)
+    assert checkpoints.fingerprint_id(inputs) != checkpoints.fingerprint_id(changed)
+    assert checkpoints.differences(changed, inputs) == "data.train changed"
+    # settings that only change logging or checkpointing keep the fingerprint
+    params = cfg.model_dump(include={"chat", "train"})
+    params["train"]["sft"] = {**params["train"]["sft"], "save_steps": 1, "logging_steps": 7}
+    same = checkpoints.fingerprint_inputs(params, {"train": cfg.paths.train}, cfg.paths.base_model)
+    assert checkpoints.fingerprint_id(same) == checkpoints.fingerprint_id(inputs)
+
+
+def test_checkpoint_root_from_the_environment(monkeypatch, tmp_path):
+    assert checkpoints.checkpoint_root("models/checkpoints") == Path("models/checkpoints")
+    monkeypatch.setenv("TRAIN_CHECKPOINT_DIR", str(tmp_path / "bucket"))
+    assert checkpoints.checkpoint_root("models/checkpoints") == tmp_path / "bucket"
+
+
+def test_large_files_are_hashed_by_size_head_and_tail(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "WHOLE_HASH_LIMIT", 64)
+    monkeypatch.setattr(checkpoints, "SAMPLE_BYTES", 16)
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(bytes(range(200)))
+    before = checkpoints.file_digest(path)
+    path.write_bytes(bytes(range(199)) + b"\xff")  # the tail changes
+    assert checkpoints.file_digest(path) != before
+
+
+def test_unwritable_checkpoint_root_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    store = CheckpointStore(blocker / "checkpoints", {"params": {}}, keep=2)
+    with pytest.raises(Exception) as err:
+        store.prepare()
+    assert str(blocker / "checkpoints") in str(err.value) and "TRAIN_CHECKPOINT_DIR" in str(err.value)
