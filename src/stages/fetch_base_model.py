@@ -12,12 +12,12 @@ only and need a pinned ``fetch_base_model.revision``.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from src.cli import run
 from src.config import Params
 from src.modeling import fetch, resolve_source
+from src.records import output_folder
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +26,8 @@ def main(cfg: Params) -> None:
     fc = cfg.fetch_base_model
     source = resolve_source(fc.model, fc.revision)
     dest = Path(cfg.paths.base_model)
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        fetch(source, partial, fc.trust_remote_code)
-    finally:
-        if not (partial / "source.json").is_file():  # incomplete: never leave it behind
-            shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    partial.rename(dest)
+    with output_folder(dest) as partial:
+        fetch(source, partial, fc)
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
     log.info("wrote %s (%s %s, %.1f MB)", dest, source.kind, source.location, size / 1e6)
 

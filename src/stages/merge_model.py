@@ -11,13 +11,12 @@ revision, the data, the key params and the training metrics.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from src.cli import run
 from src.config import Params
 from src.modeling import SOURCE_FILE, TRAIN_CONFIG_FILE, compute_dtype, device_kind, load_model, load_tokenizer
-from src.records import read_json
+from src.records import output_folder, read_json
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +87,12 @@ def main(cfg: Params) -> None:
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     tokenizer = load_tokenizer(adapter_dir)
 
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    merged.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
     card = model_card(cfg, read_json(base_dir / SOURCE_FILE), read_json(Path(paths.report)),
                       read_json(Path(paths.train_live) / "metrics.json"), train_config)
-    (partial / "README.md").write_text(card, encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
+    with output_folder(out) as partial:
+        merged.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        (partial / "README.md").write_text(card, encoding="utf-8")
     log.info("wrote %s", out)
 
 

@@ -28,7 +28,7 @@ from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
 from src.modeling import TRAIN_CONFIG_FILE, compute_dtype, device_kind, load_model, load_tokenizer
-from src.records import read_jsonl, write_json
+from src.records import output_folder, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +241,6 @@ def main(cfg: Params):
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     # Save: adapter and tokenizer, with the resolved config beside them.
-    try:
-        trainer.model.save_pretrained(adapter_dir)  # adapter weights as safetensors, and its config
-        tokenizer.save_pretrained(adapter_dir)
-    except OSError as err:
-        raise PipelineError(f"{adapter_dir}: cannot write the adapter ({err.strerror or err})") from err
     history = trainer.state.log_history
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
     train_seconds = result.metrics["train_runtime"]
@@ -271,12 +266,15 @@ def main(cfg: Params):
             live.summary[key] = value
     live.make_summary()
     live.end()
-    write_json(adapter_dir / TRAIN_CONFIG_FILE, jsonable({
-        "params": cfg.model_dump(include={"fetch_base_model", "chat", "train"}),
-        "sft": sft_config.to_dict(), "lora": lora_config.to_dict(),
-        "quantization": quantization, "device": device_kind(), "checkpoint_fingerprint": store.id,
-        "summary": summary,
-    }))
+    with output_folder(adapter_dir) as partial:
+        trainer.model.save_pretrained(partial)  # adapter weights as safetensors, and its config
+        tokenizer.save_pretrained(partial)
+        write_json(partial / TRAIN_CONFIG_FILE, jsonable({
+            "params": cfg.model_dump(include={"fetch_base_model", "chat", "train"}),
+            "sft": sft_config.to_dict(), "lora": lora_config.to_dict(),
+            "quantization": quantization, "device": device_kind(), "checkpoint_fingerprint": store.id,
+            "summary": summary,
+        }))
     log.info("wrote %s: %d steps, train loss %.4f, eval loss %s, evaluation took %.1f%% of training time",
              adapter_dir, summary["steps"], summary["train_loss"], summary["eval_loss"],
              100 * summary["eval_time_share"])
