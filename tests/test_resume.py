@@ -166,3 +166,29 @@ def test_unwritable_checkpoint_root_is_one_line(tmp_path):
     with pytest.raises(Exception) as err:
         store.prepare()
     assert str(blocker / "checkpoints") in str(err.value) and "TRAIN_CHECKPOINT_DIR" in str(err.value)
+
+
+def test_stopped_qlora_run_resumes_to_the_same_adapter(tmp_path, monkeypatch):
+    """TRL keeps QLoRA adapters in bfloat16 while PEFT loads a checkpoint's adapter in float32;
+    the resumed run must go on in the run's own dtype to end where the uninterrupted one does."""
+    model = tiny_model_folder(tmp_path / "source-model", chatml_tokenizer())
+    base = tiny_params(tmp_path, model)
+    quantization = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                    "bnb_4bit_compute_dtype": "auto"}
+    cfg = tiny_params(tmp_path, model, train={"quantization": quantization,
+                                              "sft": {**base.train.sft, **SFT, "max_steps": 8}})
+    build_data(cfg)
+    fetch_base_model.main(cfg)
+    reference_trainer = train.main(cfg)
+    reference = adapter_weights(cfg)
+    assert {str(t.dtype) for t in reference.values()} == {"torch.bfloat16"}
+    with monkeypatch.context() as m:
+        stop_at(m, 5)
+        with pytest.raises(Stop):
+            train.main(cfg)
+    trainer = train.main(cfg)
+    resumed = adapter_weights(cfg)
+    for name, tensor in reference.items():
+        assert (resumed[name].float() - tensor.float()).abs().max().item() <= 1e-6, name
+    assert [h["loss"] for h in trainer.state.log_history if "loss" in h] == \
+        [h["loss"] for h in reference_trainer.state.log_history if "loss" in h]

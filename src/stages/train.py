@@ -139,6 +139,16 @@ def resumable(trainer_class, store: CheckpointStore):
         def _get_output_dir(self, trial):
             return str(store.staging)
 
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            # PEFT loads a saved adapter in float32; TRL trains QLoRA adapters in bfloat16. Keep
+            # the dtype the run had, or a resumed run would take different steps from then on.
+            target = model if model is not None else self.model
+            dtypes = {n: p.dtype for n, p in target.named_parameters() if p.requires_grad}
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            for name, param in target.named_parameters():
+                if name in dtypes and param.dtype != dtypes[name]:
+                    param.data = param.data.to(dtypes[name])
+
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
             if self.args.should_save:
