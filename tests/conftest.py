@@ -51,9 +51,10 @@ def params_in(tmp: Path, **overrides: dict) -> Params:
     return validate_params(raw)
 
 
-def run_cli(args: list[str], cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
-    """Run a command with the test environment (the venv's executables first on PATH)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def run_cli(args: list[str], cwd: Path, check: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command with the test environment (the venv's executables first on PATH), plus ``env``."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

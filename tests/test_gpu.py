@@ -8,6 +8,7 @@ It prints peak GPU memory and the resumed-vs-uninterrupted adapter difference.
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import json
 import sys
@@ -30,9 +31,9 @@ def without_dvclive() -> None:
     """A bare CUDA image may lack dvc/dvclive (heavy, CPU-only code that the CPU tests cover);
     there, training logs go to a stand-in so the GPU path can still be checked."""
     try:
-        from dvclive import Live  # noqa: F401
+        importlib.import_module("dvclive").Live
         return
-    except ImportError:  # not installed (the repository's dvclive/ folder alone is no package)
+    except (ImportError, AttributeError):  # not installed (the repository's dvclive/ folder alone is no package)
         pass
     module = types.ModuleType("dvclive")
     module.__spec__ = importlib.machinery.ModuleSpec("dvclive", None)

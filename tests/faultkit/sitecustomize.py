@@ -1,0 +1,82 @@
+"""Fault injection for tests/test_faults.py: SIGKILL a stage's process at a chosen point.
+
+Put this folder on PYTHONPATH and set ``FAULT_STAGE`` to a stage module (``src.stages.train``)
+and ``FAULT_KILL`` to one of:
+  ``step:N``   when training is about to take optimizer step N + 1 (N steps done);
+  ``save:N``   while the checkpoint of step N is being written (adapter written, optimizer not);
+  ``replace``  just before a finished ``*.tmp`` file or ``*.partial`` folder is renamed into place.
+Only the process whose command line names FAULT_STAGE is affected (not dvc, not other stages).
+"""
+
+import os
+import signal
+import sys
+
+_STAGE, _KILL = os.environ.get("FAULT_STAGE"), os.environ.get("FAULT_KILL", "")
+
+
+def _die() -> None:
+    sys.stderr.write(f"faultkit: SIGKILL {_STAGE} ({_KILL})\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _patch_trainer(trainer_module) -> None:
+    kind, _, arg = _KILL.partition(":")
+    step, cls = int(arg), trainer_module.Trainer
+    if kind == "step":
+        original = cls.training_step
+
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step >= step:
+                _die()
+            return original(self, *args, **kwargs)
+
+        cls.training_step = training_step
+    else:
+        original = cls._save_optimizer_and_scheduler
+
+        def save(self, output_dir):
+            if self.state.global_step == step:
+                _die()
+            return original(self, output_dir)
+
+        cls._save_optimizer_and_scheduler = save
+
+
+def _patch_renames() -> None:
+    def guard(original):
+        def rename(src, dst, *args, **kwargs):
+            if str(src).endswith((".tmp", ".partial")):
+                _die()
+            return original(src, dst, *args, **kwargs)
+        return rename
+
+    os.replace, os.rename = guard(os.replace), guard(os.rename)
+
+
+class _TrainerHook:
+    """Patches transformers.trainer right after it is first imported."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "transformers.trainer":
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _patch_trainer(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if _STAGE and _STAGE in getattr(sys, "orig_argv", ()):
+    if _KILL == "replace":
+        _patch_renames()
+    elif _KILL.startswith(("step:", "save:")):
+        sys.meta_path.insert(0, _TrainerHook())

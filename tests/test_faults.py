@@ -1,0 +1,208 @@
+"""SIGKILL under ``dvc repro``, then recovery, on the whole DAG with a tiny random Llama.
+
+One clone runs the pipeline once, uninterrupted: the reference. Another is killed again and
+again: every stage at the moment it would put its output in place, and training at seeded
+random steps (one kill during a checkpoint write). Each rerun picks up where the last stopped;
+the last is a ``dvc exp run``. The final adapter must equal the reference's within 1e-6, every
+other output must match, and no fake credential from the environment may reach any file
+either clone holds or any line either printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+import secrets
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, make_clone, run_cli
+from tests.modelkit import chatml_tokenizer, tiny_model_folder
+
+FAULTKIT = ROOT / "tests" / "faultkit"
+SAVE_STEPS, MAX_STEPS = 3, 12
+# Fake credentials, made afresh each run so that no file (this one included) holds them beforehand.
+SECRETS = {name: f"{prefix}{secrets.token_hex(12)}" for name, prefix in (
+    ("HF_TOKEN", "hf_"), ("WANDB_API_KEY", ""), ("DVC_STUDIO_TOKEN", "isat_"), ("AWS_ACCESS_KEY_ID", "AKIA"),
+    ("AWS_SECRET_ACCESS_KEY", ""), ("AWS_SESSION_TOKEN", ""), ("GITHUB_TOKEN", "ghp_"), ("GIT_PASSWORD", ""))}
+# stage (as dvc names it) -> its outputs, as params.yaml's defaults place them
+OUTS = {
+    "generate_identity_data": ["data/processed/identity.jsonl"],
+    "process_orca_data": ["data/processed/orca.jsonl"],
+    "process_platypus_data": ["data/processed/platypus.jsonl"],
+    "data_split@identity": ["data/split/identity/train.jsonl", "data/split/identity/val.jsonl"],
+    "data_split@orca": ["data/split/orca/train.jsonl", "data/split/orca/val.jsonl"],
+    "data_split@platypus": ["data/split/platypus/train.jsonl", "data/split/platypus/val.jsonl"],
+    "merge_data": ["data/final/train.jsonl", "data/final/val.jsonl"],
+    "fetch_base_model": ["models/base"],
+    "train": ["models/adapter"],
+    "merge_model": ["models/merged"],
+    "sanity_check": ["sanity_check_result/result.csv", "sanity_check_result/report.md"],
+    "evaluate": ["sanity_check_result/evaluation.json"],
+}
+COMPARED = ["data/final/train.jsonl", "data/final/val.jsonl", "data/final/report.json",
+            "sanity_check_result/result.csv"]
+
+
+def configure(repo: Path, model: Path) -> Path:
+    """Params for a run of seconds per stage: the tiny model, 12 steps, a checkpoint every 3."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["fetch_base_model"]["model"] = str(model)
+    params["train"]["eval_records"] = 8
+    params["train"]["sft"].update(max_steps=MAX_STEPS, save_steps=SAVE_STEPS, save_total_limit=2,
+                                  logging_steps=1, eval_steps=6, learning_rate=5.0e-3, max_length=128)
+    params["sanity_check"]["max_new_tokens"] = 6
+    params["evaluate"]["max_new_tokens"] = 6
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_cli(["git", "commit", "-qam", "tiny model"], repo, check=True)
+    return repo
+
+
+def dvc(repo: Path, *args: str, fault: tuple[str, str] | None = None, log: list | None = None):
+    env = {**SECRETS}
+    if fault:
+        env |= {"FAULT_STAGE": f"src.stages.{fault[0]}", "FAULT_KILL": fault[1],
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTKIT), os.environ.get("PYTHONPATH")]))}
+    proc = run_cli(["dvc", *args], repo, env=env)
+    if log is not None:
+        log.append(proc.stdout + proc.stderr)
+    return proc
+
+
+def killed(proc, stage_module: str) -> str:
+    """Assert that dvc stopped because the stage's process was killed; return the dvc stage name."""
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"faultkit: SIGKILL src.stages.{stage_module}" in text, text[-3000:]
+    return re.search(r"failed to reproduce '([\w@]+)'", text).group(1)
+
+
+def stale(repo: Path) -> set[str]:
+    return set(json.loads(run_cli(["dvc", "status", "--json"], repo, check=True).stdout))
+
+
+def checkpoint_steps(repo: Path) -> list[int]:
+    return sorted(int(p.name.removeprefix("checkpoint-"))
+                  for p in (repo / "models/checkpoints").glob("*/checkpoint-*"))
+
+
+def scan_for_secrets(root: Path) -> list[str]:
+    found = []
+    values = [v.encode() for v in SECRETS.values()]
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            found += [f"{path}: {v.decode()}" for v in values if v in data]
+    return found
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_model_folder(tmp_path_factory.mktemp("model") / "tiny-llama", chatml_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, model):
+    repo = configure(make_clone(tmp_path_factory.mktemp("reference") / "repo"), model)
+    log = []
+    proc = dvc(repo, "repro", log=log)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return repo, log
+
+
+@pytest.fixture(scope="module")
+def faulted(tmp_path_factory, model):
+    """Kill every stage once and training three times; returns the repo and what was seen."""
+    repo = configure(make_clone(tmp_path_factory.mktemp("faulted") / "repo"), model)
+    log, seen = [], {"stale": {}, "present": {}, "checkpoints": [], "secrets_mid_run": []}
+
+    def kill(module: str, how: str = "replace") -> str:
+        stage = killed(dvc(repo, "repro", fault=(module, how), log=log), module)
+        seen["stale"][stage] = stage in stale(repo)
+        seen["present"][stage] = [out for out in OUTS[stage] if (repo / out).exists()]
+        return stage
+
+    for module in ("generate_identity_data", "process_orca_data", "process_platypus_data", "data_split",
+                   "merge_data", "fetch_base_model"):
+        kill(module)
+    # training: a kill at a random step, one while a checkpoint is written, one more at a random step
+    first = random.Random(0).randint(1, 2 * SAVE_STEPS - 1)
+    during_save = random.Random(1).choice([s for s in range(2 * SAVE_STEPS, MAX_STEPS, SAVE_STEPS)])
+    last = random.Random(2).randint(during_save + 1, MAX_STEPS - 1)
+    for how in (f"step:{first}", f"save:{during_save}", f"step:{last}"):
+        kill("train", how)
+        seen["checkpoints"].append((how, checkpoint_steps(repo),
+                                    any((repo / "models/checkpoints").glob("*/.staging/checkpoint-*"))))
+    seen["secrets_mid_run"] = scan_for_secrets(repo)  # checkpoints on disk now
+    # the rerun finishes training, then each later stage is killed once
+    for module in ("merge_model", "sanity_check", "evaluate"):
+        kill(module)
+    final = dvc(repo, "exp", "run", log=log)
+    assert final.returncode == 0, final.stderr[-3000:]
+    return repo, log, seen, (first, during_save, last)
+
+
+def test_a_killed_stage_leaves_no_output_dvc_would_take_as_complete(faulted):
+    _, _, seen, _ = faulted
+    assert set(seen["stale"]) >= {"generate_identity_data", "process_orca_data", "process_platypus_data",
+                                  "merge_data", "fetch_base_model", "train", "merge_model",
+                                  "sanity_check", "evaluate"}
+    assert any(stage.startswith("data_split@") for stage in seen["stale"])
+    assert all(seen["stale"].values()), seen["stale"]  # dvc status reports every killed stage
+    assert not any(seen["present"].values()), seen["present"]  # and none left its output in place
+
+
+def test_training_resumes_after_each_kill(faulted):
+    repo, log, seen, (first, during_save, last) = faulted
+    (how1, after1, _), (how2, after2, staging2), (how3, after3, _) = seen["checkpoints"]
+    assert after1 == [s for s in (SAVE_STEPS, 2 * SAVE_STEPS) if s <= first][-2:]
+    # killed while writing the checkpoint of step `during_save`: that one is not complete
+    assert staging2 and during_save not in after2 and max(after2) == during_save - SAVE_STEPS
+    assert max(after3) == last // SAVE_STEPS * SAVE_STEPS and len(after3) <= 2
+    text = "\n".join(log)
+    assert "a checkpoint whose writing was interrupted" in text
+    for step in (max(after1, default=0), max(after2), max(after3)):
+        if step:
+            assert f"checkpoint-{step} (step {step})" in text
+    metrics = json.loads((repo / "dvclive/train/metrics.json").read_text())
+    assert metrics["steps"] == MAX_STEPS and metrics["resumed_from_step"] == max(after3)
+    with (repo / "dvclive/train/plots/metrics/train/loss.tsv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f, delimiter="\t")] == list(range(1, MAX_STEPS + 1))
+    assert not checkpoint_steps(repo)  # spent once the adapter was saved
+
+
+def test_final_outputs_equal_an_uninterrupted_run(faulted, reference):
+    from safetensors.torch import load_file
+
+    repo, _, _, _ = faulted
+    ref, _ = reference
+    for rel in ("models/adapter/adapter_model.safetensors", "models/merged/model.safetensors"):
+        mine, theirs = load_file(repo / rel), load_file(ref / rel)
+        assert mine.keys() == theirs.keys()
+        for name, tensor in theirs.items():
+            assert (mine[name].float() - tensor.float()).abs().max().item() <= 1e-6, (rel, name)
+    for rel in COMPARED:
+        assert (repo / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    mine = json.loads((repo / "sanity_check_result/evaluation.json").read_text())
+    theirs = json.loads((ref / "sanity_check_result/evaluation.json").read_text())
+    assert mine == theirs
+    assert not stale(repo)  # dvc status: everything up to date
+
+
+def test_no_credential_from_the_environment_is_written_or_printed(faulted, reference):
+    repo, log, seen, _ = faulted
+    ref, ref_log = reference
+    assert seen["secrets_mid_run"] == []
+    assert scan_for_secrets(repo) == [] and scan_for_secrets(ref) == []
+    printed = "\n".join(log + ref_log)
+    assert not [v for v in SECRETS.values() if v in printed]
+
+
+def test_the_scan_finds_a_planted_credential(tmp_path):
+    (tmp_path / "deep/er").mkdir(parents=True)
+    (tmp_path / "deep/er/log.bin").write_bytes(b"\x00token=" + SECRETS["HF_TOKEN"].encode() + b"\x00")
+    assert scan_for_secrets(tmp_path) == [f"{tmp_path / 'deep/er/log.bin'}: {SECRETS['HF_TOKEN']}"]
