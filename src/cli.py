@@ -40,6 +40,14 @@ def run(main: Callable[..., object], description: str | None = None,
     except PipelineError as err:
         if debug:
             log.exception("failed")
+        _close_progress_bars()  # so the error starts a line of its own
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _close_progress_bars() -> None:
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()

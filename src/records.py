@@ -19,7 +19,7 @@ import re
 import shutil
 import unicodedata
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Literal, TextIO
 
@@ -100,6 +100,14 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Record]:
                 raise PipelineError(f"{path}:{lineno}: not a valid record ({detail})") from err
 
 
+def os_reason(err: OSError, *ours: Path) -> str:
+    """An OS error's reason, naming the path it concerns when that is not one of ``ours``."""
+    reason = err.strerror or str(err)
+    if err.filename and Path(err.filename) not in ours:
+        reason += f": {err.filename}"
+    return reason
+
+
 @contextmanager
 def open_atomic(path: str | os.PathLike) -> Iterator[TextIO]:
     """A text file written under a temporary name and renamed into place only when complete,
@@ -112,9 +120,10 @@ def open_atomic(path: str | os.PathLike) -> Iterator[TextIO]:
             yield f
         os.replace(tmp, path)
     except OSError as err:
-        raise PipelineError(f"{path}: cannot write ({err.strerror or err})") from err
+        raise PipelineError(f"{path}: cannot write ({os_reason(err, path, tmp)})") from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -131,7 +140,7 @@ def output_folder(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
         os.replace(partial, path)
     except OSError as err:
-        raise PipelineError(f"{path}: cannot write ({err.strerror or err})") from err
+        raise PipelineError(f"{path}: cannot write ({os_reason(err, path, partial)})") from err
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 

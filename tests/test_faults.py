@@ -206,3 +206,10 @@ def test_the_scan_finds_a_planted_credential(tmp_path):
     (tmp_path / "deep/er").mkdir(parents=True)
     (tmp_path / "deep/er/log.bin").write_bytes(b"\x00token=" + SECRETS["HF_TOKEN"].encode() + b"\x00")
     assert scan_for_secrets(tmp_path) == [f"{tmp_path / 'deep/er/log.bin'}: {SECRETS['HF_TOKEN']}"]
+
+
+def test_dvc_exp_show_reports_zero_train_val_prompt_overlap(faulted):
+    repo, _, _, _ = faulted
+    rows = list(csv.DictReader(run_cli(["dvc", "exp", "show", "--csv"], repo, check=True).stdout.splitlines()))
+    column = next(c for c in rows[0] if c.endswith("train_val_prompt_overlap"))
+    assert {row[column] for row in rows if row[column]} == {"0"}

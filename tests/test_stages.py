@@ -21,7 +21,7 @@ def identity_params(**changes):
 
 def test_identity_answers_use_configured_name_and_creator():
     p = identity_params(name="Quokka", creator="Tasman Research")
-    records = generate_identity_data.generate(p)
+    records, _ = generate_identity_data.generate(p)
     answers = [r.completion[0].content for r in records]
     assert all("Quokka" in a and "Tasman Research" in a for a in answers)
     others = {o.name.casefold() for o in p.others} | {o.creator.casefold() for o in p.others}
@@ -35,7 +35,7 @@ def test_identity_answers_use_configured_name_and_creator():
 
 def test_identity_covers_every_template_with_distinct_variants():
     p = identity_params(variants_per_template=3)
-    records = generate_identity_data.generate(p)
+    records, _ = generate_identity_data.generate(p)
     groups = {r.group for r in records}
     n_templates = sum(len(t) for t in generate_identity_data.QUESTIONS.values())
     assert len(groups) == n_templates
@@ -47,7 +47,7 @@ def test_identity_covers_every_template_with_distinct_variants():
 def test_identity_is_deterministic_and_seeded():
     a = generate_identity_data.generate(identity_params(seed=1))
     assert a == generate_identity_data.generate(identity_params(seed=1))
-    assert a != generate_identity_data.generate(identity_params(seed=2))
+    assert a[0] != generate_identity_data.generate(identity_params(seed=2))[0]
 
 
 # process_orca_data / process_platypus_data
@@ -158,6 +158,17 @@ def test_each_stage_cli_in_order(clone):
     for cmd in commands:
         run_cli(["python", "-m", f"src.stages.{cmd[0]}", *cmd[1:]], clone, check=True)
     metrics = {p.stem: json.loads(p.read_text()) for p in (clone / paths["metrics_dir"]).glob("*.json")}
+    # every data stage accounts for every row: rows in = rows out + rows dropped, by reason
+    assert set(metrics) == {"generate_identity_data", "process_orca_data", "process_platypus_data",
+                            "data_split_identity", "data_split_orca", "data_split_platypus", "merge_data"}
+    for stage, m in metrics.items():
+        assert m["rows_in"] == m["rows_out"] + sum(m["dropped"].values()), stage
+    identity = metrics["generate_identity_data"]
+    assert identity["rows_out"] == sum(1 for _ in read_jsonl(clone / paths["processed"]["identity"]))
+    assert identity["dropped"]["repeated_variant"] > 0  # the default asks for 2 variants of short wordings
+    merged = metrics["merge_data"]
+    assert merged["rows_in"] == sum(metrics[f"data_split_{s}"]["rows_out"] for s in paths["processed"])
+    assert merged["rows_out"] == sum(1 for split in ("train", "val") for _ in read_jsonl(clone / paths[split]))
     for stage in ("process_orca_data", "process_platypus_data"):
         m = metrics[stage]
         assert m["rows_in"] == m["rows_out"] + sum(m["dropped"].values())

@@ -90,7 +90,7 @@ def main(cfg: Params, source: str) -> dict:
     val, overlap = drop_val_overlap(train, val)
     write_jsonl(cfg.paths.split_file(source, "train"), train)
     write_jsonl(cfg.paths.split_file(source, "val"), val)
-    metrics = {"rows_in": len(records), "train": len(train), "val": len(val),
+    metrics = {"rows_in": len(records), "rows_out": len(train) + len(val), "train": len(train), "val": len(val),
                "dropped": {"duplicate": duplicates, "prompt_in_train": overlap}}
     write_json(cfg.paths.metrics_file(f"data_split_{source}"), metrics)
     log.info("%s: %d train, %d val; dropped %d duplicates, %d val prompts seen in train",

@@ -117,8 +117,10 @@ def _variant(question: str, rng: random.Random) -> str:
 
 
 def generate(p: IdentityParams) -> list[Record]:
-    """All identity records for the params; deterministic given ``p.seed``."""
+    """All identity records for the params, and how many candidate questions repeated a variant
+    already made (and were dropped); deterministic given ``p.seed``."""
     rng = random.Random(p.seed)
+    repeats = 0
     values = {"name": p.name, "creator": p.creator, "purpose": p.purpose}
     records = []
     for intent, templates in QUESTIONS.items():
@@ -135,20 +137,23 @@ def generate(p: IdentityParams) -> list[Record]:
                         break
                     text = _variant(question, rng)
                     if text in seen:
+                        repeats += 1
                         continue
                     seen.add(text)
                     answer = rng.choice(ANSWERS[intent]).format(**values, **fill)
                     records.append(make_record(text, answer, SOURCE, group=group))
-    return records
+    return records, repeats
 
 
 def main(cfg: Params) -> dict:
     p = cfg.generate_identity_data
     log.info("identity: name=%r creator=%r, %d other assistants", p.name, p.creator, len(p.others))
-    records = generate(p)
+    records, repeats = generate(p)
     n = write_jsonl(cfg.paths.processed.identity, records)
     groups = len({r.group for r in records})
-    metrics = {"rows_out": n, "templates": groups}
+    # rows in: candidate questions made; a candidate that repeats a variant of its wording is dropped
+    metrics = {"rows_in": n + repeats, "rows_out": n, "dropped": {"repeated_variant": repeats},
+               "templates": groups}
     write_json(cfg.paths.metrics_file("generate_identity_data"), metrics)
     log.info("%s: wrote %d records from %d templates", cfg.paths.processed.identity, n, groups)
     return metrics

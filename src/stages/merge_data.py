@@ -26,7 +26,7 @@ from src.stages.data_split import drop_val_overlap
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-PROCESS_STAGES = ("process_orca_data", "process_platypus_data")
+SOURCE_STAGES = ("generate_identity_data", "process_orca_data", "process_platypus_data")
 PERCENTILES = (50, 90, 99, 100)
 
 
@@ -58,11 +58,14 @@ def split_report(records: list[Record]) -> dict:
 def main(cfg: Params) -> dict:
     sources = sorted(cfg.paths.processed.model_dump())
     merged: dict[str, list[Record]] = {split: [] for split in SPLITS}
+    rows_in = 0
     for split in SPLITS:
         for source in sources:
             path = cfg.paths.split_file(source, split)
             records = tqdm(read_jsonl(path), desc=str(path), unit="record", mininterval=1)
+            before = len(merged[split])
             merged[split] += [r.model_copy(update={"group": None}) for r in records]
+            rows_in += len(merged[split]) - before
     merged["val"], cross_source = drop_val_overlap(merged["train"], merged["val"])
     overlap = prompt_overlap(merged["train"], merged["val"])
     if overlap:
@@ -70,13 +73,17 @@ def main(cfg: Params) -> dict:
     write_jsonl(cfg.paths.train, merged["train"])
     write_jsonl(cfg.paths.val, merged["val"])
 
-    dropped = {stage: read_json(cfg.paths.metrics_file(stage))["dropped"] for stage in PROCESS_STAGES}
+    dropped = {stage: read_json(cfg.paths.metrics_file(stage))["dropped"] for stage in SOURCE_STAGES}
     dropped |= {f"data_split_{s}": read_json(cfg.paths.metrics_file(f"data_split_{s}"))["dropped"]
                 for s in sources}
     dropped["merge_data"] = {"prompt_in_train": cross_source}
     report = {split: split_report(merged[split]) for split in SPLITS}
     report |= {"dropped": dropped, "train_val_prompt_overlap": overlap}
     write_json(cfg.paths.report, report)
+    rows_out = len(merged["train"]) + len(merged["val"])
+    write_json(cfg.paths.metrics_file("merge_data"), {
+        "rows_in": rows_in, "rows_out": rows_out, "train": len(merged["train"]), "val": len(merged["val"]),
+        "dropped": {"prompt_in_train": cross_source}})
     log.info("wrote %d train and %d val records (sources: %s); train/val prompt overlap %d",
              len(merged["train"]), len(merged["val"]), ", ".join(sources), overlap)
     return report

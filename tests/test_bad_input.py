@@ -1,0 +1,160 @@
+"""Bad input across the pipeline: each case ends in one line on stderr naming the file, row or
+key, and exit code 1 (or in counted handling), never in a traceback or a silent drop.
+
+Raw-file cases (parquet) are in test_raw.py, params cases in test_config.py, model sources
+in test_fetch.py; this file covers record files, model folders, lengths and output folders.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from src import cli
+from src.records import Record
+from src.stages import fetch_base_model, merge_model, process_orca_data, train
+from tests.modelkit import chatml_tokenizer, tiny_model_folder
+from tests.test_model_stages import build_data, tiny_params
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Data and a fetched tiny base model, shared read-only by the tests below."""
+    tmp = tmp_path_factory.mktemp("bad")
+    model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
+    cfg = tiny_params(tmp, model)
+    build_data(cfg)
+    fetch_base_model.main(cfg)
+    return tmp, model, cfg
+
+
+def variant(built, tmp_path: Path, sft: dict | None = None, **sections):
+    """The shared params with outputs under ``tmp_path`` and ``sections`` merged in."""
+    tmp, model, cfg = built
+    paths = {"adapter": str(tmp_path / "adapter"), "checkpoints": str(tmp_path / "checkpoints"),
+             "train_live": str(tmp_path / "live"), "merged_model": str(tmp_path / "merged"),
+             "base_model": cfg.paths.base_model, "train": cfg.paths.train, "val": cfg.paths.val,
+             "report": cfg.paths.report, "metrics_dir": cfg.paths.metrics_dir,
+             **sections.pop("paths", {})}
+    train_section = {"sft": {**cfg.train.sft, **(sft or {})}, **sections.pop("train", {})}
+    return tiny_params(tmp, model, paths=paths, train=train_section, **sections)
+
+
+def one_line_error(main, cfg, monkeypatch, capsys) -> str:
+    """Run a stage as its command line does; assert exit 1 and a single line; return it."""
+    monkeypatch.setattr(cli, "load_params", lambda: cfg)
+    assert cli.run(main, argv=[]) == 1
+    err = capsys.readouterr().err  # progress bars share stderr, ending their lines with \r
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def records_file(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+GOOD = Record.model_validate({"prompt": [{"role": "user", "content": "Hi"}],
+                              "completion": [{"role": "assistant", "content": "Hello"}],
+                              "source": "orca"}).to_json()
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": [{"role": "user", "content": "Hi"}], "completion": [', "line 3: not a valid record (Invalid JSON"),
+    ('{"prompt": [{"role": "robot", "content": "Hi"}], "completion": [{"role": "assistant", '
+     '"content": "x"}], "source": "s"}', "line 3: not a valid record (prompt.0.role: Input should be 'system', "
+                                        "'user' or 'assistant')"),
+    ('{"prompt": [{"role": "user", "content": ""}], "completion": [{"role": "assistant", '
+     '"content": "x"}], "source": "s"}', "line 3: not a valid record (prompt.0.content: String should have at "
+                                         "least 1 character)"),
+])
+def test_bad_training_record_names_file_line_and_key(built, tmp_path, monkeypatch, capsys, line, message):
+    bad = records_file(tmp_path / "train.jsonl", [GOOD, GOOD, line])
+    cfg = variant(built, tmp_path, paths={"train": bad})
+    error = one_line_error(train.main, cfg, monkeypatch, capsys)
+    assert error.startswith(f"error: {bad}:3: ") and message.removeprefix("line 3: ") in error
+
+
+def test_empty_training_set(built, tmp_path, monkeypatch, capsys):
+    empty = records_file(tmp_path / "train.jsonl", [])
+    cfg = variant(built, tmp_path, paths={"train": empty})
+    assert one_line_error(train.main, cfg, monkeypatch, capsys) == f"error: {empty}: no records to train on"
+
+
+@pytest.mark.parametrize("remove, message", [
+    ("model.safetensors", "no model weights (*.safetensors); run dvc repro fetch_base_model"),
+    ("tokenizer.json", "no tokenizer (tokenizer.json or tokenizer.model)"),
+])
+def test_base_model_folder_missing_a_part(built, tmp_path, monkeypatch, capsys, remove, message):
+    _, _, cfg = built
+    base = shutil.copytree(cfg.paths.base_model, tmp_path / "base")
+    (base / remove).unlink()
+    bad = variant(built, tmp_path, paths={"base_model": str(base)})
+    assert one_line_error(train.main, bad, monkeypatch, capsys) == f"error: {base}: {message}"
+
+
+def test_over_length_records_dropped_and_counted(built, tmp_path):
+    cfg = variant(built, tmp_path, sft={"max_steps": 2, "max_length": 96}, train={"over_length": "drop"})
+    trainer = train.main(cfg)
+    metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    dropped = metrics["records_dropped"]
+    assert dropped["too_long"] > 0 and metrics["records_truncated"] == 0
+    assert metrics["records"] == metrics["records_trained"] + sum(dropped.values())
+    assert metrics["records_trained"] == len(trainer.train_dataset)
+    longest = max(len(ids) for ids in trainer.train_dataset["input_ids"])
+    assert longest <= 96
+
+
+def test_every_record_over_length_is_an_error(built, tmp_path, monkeypatch, capsys):
+    _, _, shared = built
+    cfg = variant(built, tmp_path, sft={"max_length": 8}, train={"over_length": "drop"})
+    error = one_line_error(train.main, cfg, monkeypatch, capsys)
+    assert error.startswith(f"error: {shared.paths.train}: all ") and "longer than train.sft.max_length 8" in error
+    # truncating instead leaves no record an answer token within 8 tokens: also an error, not a silent drop
+    cfg = variant(built, tmp_path, sft={"max_length": 8}, train={"over_length": "truncate"})
+    error = one_line_error(train.main, cfg, monkeypatch, capsys)
+    assert error == f"error: {shared.paths.train}: no record keeps a completion token within max_length 8"
+
+
+def test_unwritable_output_folder(built, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = variant(built, tmp_path, paths={"processed": {**built[2].paths.processed.model_dump(),
+                                                        "orca": str(blocker / "orca.jsonl")}})
+    error = one_line_error(process_orca_data.main, cfg, monkeypatch, capsys)
+    assert error == f"error: {blocker / 'orca.jsonl'}: cannot write (File exists: {blocker})"
+    cfg = variant(built, tmp_path, paths={"checkpoints": str(blocker / "checkpoints")})
+    error = one_line_error(train.main, cfg, monkeypatch, capsys)
+    assert error.startswith(f"error: {blocker / 'checkpoints'}") and "TRAIN_CHECKPOINT_DIR" in error
+
+
+def test_disk_full_while_writing_records(built, tmp_path, monkeypatch, capsys):
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Record, "to_json", full)
+    cfg = variant(built, tmp_path, paths={"processed": {**built[2].paths.processed.model_dump(),
+                                                        "orca": str(tmp_path / "orca.jsonl")}})
+    error = one_line_error(process_orca_data.main, cfg, monkeypatch, capsys)
+    assert error == f"error: {tmp_path / 'orca.jsonl'}: cannot write (No space left on device)"
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_disk_full_while_writing_a_model_folder(built, tmp_path, monkeypatch, capsys):
+    from transformers import PreTrainedModel
+
+    cfg = variant(built, tmp_path, sft={"max_steps": 1, "save_steps": 10})
+    train.main(cfg)
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    error = one_line_error(merge_model.main, cfg, monkeypatch, capsys)
+    assert error == f"error: {tmp_path / 'merged'}: cannot write (No space left on device)"
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.partial").exists()
