@@ -149,14 +149,18 @@ def test_checkpoint_root_from_the_environment(monkeypatch, tmp_path):
     assert checkpoints.checkpoint_root("models/checkpoints") == tmp_path / "bucket"
 
 
-def test_large_files_are_hashed_by_size_head_and_tail(tmp_path, monkeypatch):
+def test_weights_are_hashed_by_size_head_and_tail_data_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints, "WHOLE_HASH_LIMIT", 64)
     monkeypatch.setattr(checkpoints, "SAMPLE_BYTES", 16)
     path = tmp_path / "weights.safetensors"
     path.write_bytes(bytes(range(200)))
-    before = checkpoints.file_digest(path)
-    path.write_bytes(bytes(range(199)) + b"\xff")  # the tail changes
-    assert checkpoints.file_digest(path) != before
+    sampled, whole = checkpoints.file_digest(path, sampled=True), checkpoints.file_digest(path)
+    path.write_bytes(bytes(range(199)) + b"\xff")  # the tail changes: both see it
+    assert checkpoints.file_digest(path, sampled=True) != sampled and checkpoints.file_digest(path) != whole
+    sampled, whole = checkpoints.file_digest(path, sampled=True), checkpoints.file_digest(path)
+    path.write_bytes(bytes(range(100)) + b"\xfe" + bytes(range(101, 199)) + b"\xff")
+    # a change in the middle: a whole hash (data files) sees it; a sample (weights) does not
+    assert checkpoints.file_digest(path) != whole and checkpoints.file_digest(path, sampled=True) == sampled
 
 
 def test_unwritable_checkpoint_root_is_one_line(tmp_path):
