@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from src.chat import training_example
-from src.checkpoints import PREFIX, CheckpointStore, checkpoint_root, fingerprint_inputs
+from src.checkpoints import PREFIX, CheckpointStore, checkpoint_root, fingerprint_inputs, step_of
 from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
@@ -225,7 +225,7 @@ def main(cfg: Params):
     store.prepare()
     resume = store.latest()
     if resume:
-        log.info("resuming from %s (step %d)", resume, int(resume.name.removeprefix(PREFIX)))
+        log.info("resuming from %s (step %d)", resume, step_of(resume))
     else:
         log.info("no checkpoint of this configuration in %s: training from step 0", store.dir)
 
@@ -260,7 +260,7 @@ def main(cfg: Params):
         "train_loss": mean_train_loss(history),
         "eval_loss": next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None),
         "steps": trainer.state.global_step,
-        "resumed_from_step": int(resume.name.removeprefix(PREFIX)) if resume else 0,
+        "resumed_from_step": step_of(resume) if resume else 0,
         "records": len(all_examples),
         "records_trained": len(trainer.train_dataset),
         "records_truncated": truncated,
