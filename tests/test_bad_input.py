@@ -16,19 +16,15 @@ import pytest
 
 from src import cli
 from src.records import Record
-from src.stages import fetch_base_model, merge_model, process_orca_data, train
-from tests.modelkit import chatml_tokenizer, tiny_model_folder
-from tests.test_model_stages import build_data, tiny_params
+from src.stages import merge_model, process_orca_data, train
+from tests.test_model_stages import prepared, tiny_params
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """Data and a fetched tiny base model, shared read-only by the tests below."""
     tmp = tmp_path_factory.mktemp("bad")
-    model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
-    cfg = tiny_params(tmp, model)
-    build_data(cfg)
-    fetch_base_model.main(cfg)
+    model, cfg = prepared(tmp)
     return tmp, model, cfg
 
 

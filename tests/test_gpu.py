@@ -20,8 +20,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-QLORA = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-         "bnb_4bit_compute_dtype": "auto"}
 GPU_SFT = {"max_steps": 12, "per_device_train_batch_size": 8, "learning_rate": 2.0e-3,
            "optim": "paged_adamw_32bit", "gradient_checkpointing": True, "save_steps": 4,
            "save_total_limit": 2, "logging_steps": 1, "eval_steps": 6, "max_length": 256}
@@ -57,17 +55,11 @@ def without_dvclive() -> None:
 
 @pytest.fixture(scope="module")
 def gpu_run(tmp_path_factory):
-    from src.stages import fetch_base_model, train
-    from tests.modelkit import chatml_tokenizer, tiny_model_folder
-    from tests.test_model_stages import build_data, tiny_params
+    from src.stages import train
+    from tests.test_model_stages import QLORA, prepared
 
     without_dvclive()
-    tmp = tmp_path_factory.mktemp("gpu")
-    model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
-    base = tiny_params(tmp, model)
-    cfg = tiny_params(tmp, model, train={"quantization": QLORA, "sft": {**base.train.sft, **GPU_SFT}})
-    build_data(cfg)
-    fetch_base_model.main(cfg)
+    _, cfg = prepared(tmp_path_factory.mktemp("gpu"), sft=GPU_SFT, train={"quantization": QLORA})
     torch.cuda.reset_peak_memory_stats()
     trainer = train.main(cfg)
     peak = torch.cuda.max_memory_allocated() / 2**20

@@ -48,14 +48,26 @@ def build_data(cfg) -> None:
     merge_data.main(cfg)
 
 
+QLORA = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+         "bnb_4bit_compute_dtype": "auto"}
+
+
+def prepared(tmp: Path, sft: dict | None = None, **overrides):
+    """A tiny random Llama, the data stages' outputs and the fetched base model under ``tmp``.
+    ``sft`` is merged into the tiny SFT settings, ``overrides`` into the other sections.
+    Returns (the source model folder, params)."""
+    model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
+    train_section = {**overrides.pop("train", {}), "sft": {**_repo_sft(), **TINY_SFT, **(sft or {})}}
+    cfg = tiny_params(tmp, model, train=train_section, **overrides)
+    build_data(cfg)
+    fetch_base_model.main(cfg)
+    return model, cfg
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Every stage once, in DAG order, on the tiny model; returns params and the trainer."""
-    tmp = tmp_path_factory.mktemp("tiny")
-    model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
-    cfg = tiny_params(tmp, model)
-    build_data(cfg)
-    fetch_base_model.main(cfg)
+    _, cfg = prepared(tmp_path_factory.mktemp("tiny"))
     trainer = train.main(cfg)
     merge_model.main(cfg)
     sanity_check.main(cfg)
@@ -196,13 +208,7 @@ def test_identity_correct_allows_names_the_question_used():
 
 
 def test_qlora_4bit_trains_on_cpu(tmp_path):
-    model = tiny_model_folder(tmp_path / "source-model", chatml_tokenizer())
-    quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-             "bnb_4bit_compute_dtype": "auto"}
-    cfg = tiny_params(tmp_path, model, train={"quantization": quant,
-                                              "sft": {**_repo_sft(), **TINY_SFT, "max_steps": 2}})
-    build_data(cfg)
-    fetch_base_model.main(cfg)
+    _, cfg = prepared(tmp_path, sft={"max_steps": 2}, train={"quantization": QLORA})
     trainer = train.main(cfg)
     quantized = [m for m in trainer.model.modules() if type(m).__name__ == "Linear4bit"]
     assert quantized, "the base was not loaded in 4 bit"

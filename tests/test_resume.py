@@ -16,9 +16,8 @@ import pytest
 
 from src import checkpoints
 from src.checkpoints import CheckpointStore
-from src.stages import fetch_base_model, train
-from tests.modelkit import chatml_tokenizer, tiny_model_folder
-from tests.test_model_stages import build_data, tiny_params
+from src.stages import train
+from tests.test_model_stages import QLORA, prepared
 
 SFT = {"max_steps": 9, "save_steps": 3, "save_total_limit": 2, "eval_steps": 4, "logging_steps": 1,
        "learning_rate": 5.0e-3}
@@ -30,11 +29,7 @@ class Stop(Exception):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("resume")
-    model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
-    cfg = tiny_params(tmp, model, train={"sft": {**tiny_params(tmp, model).train.sft, **SFT}})
-    build_data(cfg)
-    fetch_base_model.main(cfg)
+    _, cfg = prepared(tmp_path_factory.mktemp("resume"), sft=SFT)
     reference = train.main(cfg)
     return cfg, adapter_weights(cfg), reference.state.log_history
 
@@ -59,14 +54,20 @@ def stop_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(Trainer, "training_step", training_step)
 
 
-def test_stopped_run_resumes_to_the_same_adapter(setup, monkeypatch, caplog):
-    cfg, reference, reference_history = setup
+def stopped_run(cfg, monkeypatch, step: int) -> tuple[Path, Path]:
+    """Train until ``step`` and stop there; return the checkpoint root and the run's folder in it."""
     with monkeypatch.context() as m:
-        stop_at(m, 7)
+        stop_at(m, step)
         with pytest.raises(Stop):
             train.main(cfg)
     root = Path(cfg.paths.checkpoints)
     (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    return root, folder
+
+
+def test_stopped_run_resumes_to_the_same_adapter(setup, monkeypatch, caplog):
+    cfg, reference, reference_history = setup
+    root, folder = stopped_run(cfg, monkeypatch, 7)
     # pruned to save_total_limit 2 of the checkpoints at steps 3 and 6
     assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     assert not list(folder.rglob("*.bin"))  # no pickled training arguments
@@ -92,12 +93,7 @@ def test_stopped_run_resumes_to_the_same_adapter(setup, monkeypatch, caplog):
 
 def test_half_written_and_foreign_checkpoints_are_not_used(setup, monkeypatch, caplog):
     cfg, reference, _ = setup
-    with monkeypatch.context() as m:
-        stop_at(m, 4)
-        with pytest.raises(Stop):
-            train.main(cfg)
-    root = Path(cfg.paths.checkpoints)
-    (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    root, folder = stopped_run(cfg, monkeypatch, 4)
     # a checkpoint renamed into place whose file is short (a copy cut off on a bucket mount)
     done = folder / "checkpoint-3"
     manifest = json.loads((done / checkpoints.MANIFEST_FILE).read_text())
@@ -175,21 +171,11 @@ def test_unwritable_checkpoint_root_is_one_line(tmp_path):
 def test_stopped_qlora_run_resumes_to_the_same_adapter(tmp_path, monkeypatch):
     """TRL keeps QLoRA adapters in bfloat16 while PEFT loads a checkpoint's adapter in float32;
     the resumed run must go on in the run's own dtype to end where the uninterrupted one does."""
-    model = tiny_model_folder(tmp_path / "source-model", chatml_tokenizer())
-    base = tiny_params(tmp_path, model)
-    quantization = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-                    "bnb_4bit_compute_dtype": "auto"}
-    cfg = tiny_params(tmp_path, model, train={"quantization": quantization,
-                                              "sft": {**base.train.sft, **SFT, "max_steps": 8}})
-    build_data(cfg)
-    fetch_base_model.main(cfg)
+    _, cfg = prepared(tmp_path, sft={**SFT, "max_steps": 8}, train={"quantization": QLORA})
     reference_trainer = train.main(cfg)
     reference = adapter_weights(cfg)
     assert {str(t.dtype) for t in reference.values()} == {"torch.bfloat16"}
-    with monkeypatch.context() as m:
-        stop_at(m, 5)
-        with pytest.raises(Stop):
-            train.main(cfg)
+    stopped_run(cfg, monkeypatch, 5)
     trainer = train.main(cfg)
     resumed = adapter_weights(cfg)
     for name, tensor in reference.items():
