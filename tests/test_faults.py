@@ -1,9 +1,9 @@
-"""SIGKILL under ``dvc repro``, then recovery, on the whole DAG with a tiny random Llama.
+"""SIGKILL under ``dvc repro`` and ``dvc exp run``, then recovery, on the whole DAG with a tiny random Llama.
 
 One clone runs the pipeline once, uninterrupted: the reference. Another is killed again and
 again: every stage at the moment it would put its output in place, and training at seeded
 random steps (one kill during a checkpoint write). Each rerun picks up where the last stopped;
-the last is a ``dvc exp run``. The final adapter must equal the reference's within 1e-6, every
+the one that finishes training and the last are ``dvc exp run``. The final adapter must equal the reference's within 1e-6, every
 other output must match, and no fake credential from the environment may reach any file
 either clone holds or any line either printed.
 """
@@ -120,8 +120,8 @@ def faulted(tmp_path_factory, model):
     repo = configure(make_clone(tmp_path_factory.mktemp("faulted") / "repo"), model)
     log, seen = [], {"stale": {}, "present": {}, "checkpoints": [], "secrets_mid_run": []}
 
-    def kill(module: str, how: str = "replace") -> str:
-        stage = killed(dvc(repo, "repro", fault=(module, how), log=log), module)
+    def kill(module: str, how: str = "replace", command: tuple[str, ...] = ("repro",)) -> str:
+        stage = killed(dvc(repo, *command, fault=(module, how), log=log), module)
         seen["stale"][stage] = stage in stale(repo)
         seen["present"][stage] = [out for out in OUTS[stage] if (repo / out).exists()]
         return stage
@@ -138,8 +138,9 @@ def faulted(tmp_path_factory, model):
         seen["checkpoints"].append((how, checkpoint_steps(repo),
                                     any((repo / "models/checkpoints").glob("*/.staging/checkpoint-*"))))
     seen["secrets_mid_run"] = scan_for_secrets(repo)  # checkpoints on disk now
-    # the rerun finishes training, then each later stage is killed once
-    for module in ("merge_model", "sanity_check", "evaluate"):
+    # a dvc exp run resumes and finishes training, then each later stage is killed once
+    kill("merge_model", command=("exp", "run"))
+    for module in ("sanity_check", "evaluate"):
         kill(module)
     final = dvc(repo, "exp", "run", log=log)
     assert final.returncode == 0, final.stderr[-3000:]
