@@ -1,11 +1,12 @@
-"""SIGKILL under ``dvc repro`` and ``dvc exp run``, then recovery, on the whole DAG with a tiny random Llama.
+"""SIGKILL under ``dvc repro`` and ``dvc exp run``, then recovery, on the whole DAG with a
+tiny random Llama.
 
 One clone runs the pipeline once, uninterrupted: the reference. Another is killed again and
 again: every stage at the moment it would put its output in place, and training at seeded
 random steps (one kill during a checkpoint write). Each rerun picks up where the last stopped;
-the one that finishes training and the last are ``dvc exp run``. The final adapter must equal the reference's within 1e-6, every
-other output must match, and no fake credential from the environment may reach any file
-either clone holds or any line either printed.
+the one that finishes training and the last are ``dvc exp run``. The final adapter must equal
+the reference's within 1e-6, every other output must match, and no fake credential from the
+environment may reach any file either clone holds or any line either printed.
 """
 
 from __future__ import annotations
