@@ -307,8 +307,23 @@ def load_model(path: str | Path, dtype, quantization: dict | None = None,
         kwargs["device_map"] = {"": 0} if device_kind() == "cuda" else "cpu"
     elif device_kind() == "cuda":
         kwargs["device_map"] = {"": 0}
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                use_safetensors=True, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 use_safetensors=True, **kwargs)
+    if quantization and device_kind() == "cpu":
+        keep_4bit_trainable(model)
+    return model
+
+
+def keep_4bit_trainable(model) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights for inference the
+    first time it runs in eval mode (as the evaluation during training does), and from then on
+    computes it with a kernel that has no backward: gradients stop flowing through the frozen
+    layers to the LoRA weights below them. Training keeps the trainable layout."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_for_inference(path: str | Path, precision: str, trust_remote_code: bool = False):

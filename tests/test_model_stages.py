@@ -207,9 +207,23 @@ def test_identity_correct_allows_names_the_question_used():
                                      "Juniper", "Northwind Labs", ["ChatGPT", "OpenAI"])
 
 
-def test_qlora_4bit_trains_on_cpu(tmp_path):
-    _, cfg = prepared(tmp_path, sft={"max_steps": 2}, train={"quantization": QLORA})
+def test_qlora_4bit_trains_on_cpu(tmp_path, monkeypatch):
+    import bitsandbytes.functional as bnb_functional
+    import torch
+
+    # bitsandbytes' CPU inference kernel has no backward; once an evaluation has switched the
+    # layers to it, training would lose the gradients through the frozen base. Spy on it.
+    inference_kernel, calls_with_grad = bnb_functional.gemv_4bit, []
+
+    def spy(*args, **kwargs):
+        if torch.is_grad_enabled():
+            calls_with_grad.append(tuple(args[0].shape))
+        return inference_kernel(*args, **kwargs)
+
+    monkeypatch.setattr(bnb_functional, "gemv_4bit", spy)
+    _, cfg = prepared(tmp_path, sft={"max_steps": 2, "eval_steps": 1}, train={"quantization": QLORA})
     trainer = train.main(cfg)
+    assert calls_with_grad == []  # evaluation ran after step 1, and step 2 still trained with gradients
     quantized = [m for m in trainer.model.modules() if type(m).__name__ == "Linear4bit"]
     assert quantized, "the base was not loaded in 4 bit"
     assert all(p.abs().sum() > 0 for n, p in trainer.model.named_parameters() if "lora_B" in n)
