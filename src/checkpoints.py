@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 
 from src.errors import PipelineError
+from src.records import write_json
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ def _version(name: str) -> str | None:
 
 
 def fingerprint_inputs(params: dict, data_files: dict[str, str], base_model: str) -> dict:
-    """What decides the trained weights: ``params`` (the ``chat`` and ``train`` sections and
-    ``fetch_base_model``), the data files and the base model folder, libraries, process count."""
+    """What decides the trained weights: ``params`` (the ``chat`` and ``train`` sections), the
+    data files and the base model folder, the library versions and the process count."""
     train = dict(params["train"])
     train["sft"] = {k: v for k, v in train["sft"].items() if k not in NOT_RESULT_SFT_KEYS}
     train.pop("eval_records", None)
@@ -124,15 +125,6 @@ def differences(mine: dict, theirs: dict, limit: int = 4) -> str:
     return "; ".join(shown) + more
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
@@ -158,9 +150,9 @@ class CheckpointStore:
         why the checkpoints of other configurations are not used."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            _write_json(self.dir / FINGERPRINT_FILE, self.inputs)
-        except OSError as err:
-            raise PipelineError(f"{self.dir}: cannot write checkpoints ({err.strerror or err}); "
+            write_json(self.dir / FINGERPRINT_FILE, self.inputs, sync=True)
+        except (OSError, PipelineError) as err:
+            raise PipelineError(f"{self.dir}: cannot write checkpoints ({getattr(err, 'strerror', None) or err}); "
                                 f"check paths.checkpoints or {ENV_VAR}") from err
         if self.staging.exists() and any(self.staging.iterdir()):
             log.info("removing %s: a checkpoint whose writing was interrupted", self.staging)
@@ -214,7 +206,7 @@ class CheckpointStore:
         files = {p.relative_to(staged).as_posix(): p.stat().st_size
                  for p in sorted(staged.rglob("*")) if p.is_file()}
         _fsync_tree(staged)
-        _write_json(staged / MANIFEST_FILE, {"fingerprint": self.id, "files": files})
+        write_json(staged / MANIFEST_FILE, {"fingerprint": self.id, "files": files}, sync=True)
         final = self.dir / staged.name
         if final.exists():
             shutil.rmtree(final)

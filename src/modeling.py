@@ -240,7 +240,11 @@ def check_model_folder(path: Path, allow_pickle: bool = False) -> None:
                 "to safetensors once, if you trust their source")
         if not pickles:
             raise PipelineError(f"{path}: no model weights (*.safetensors)")
-    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+    _require_tokenizer_files(path)
+
+
+def _require_tokenizer_files(path: str | Path) -> None:
+    if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         raise PipelineError(f"{path}: no tokenizer (tokenizer.json or tokenizer.model)")
 
 
@@ -255,8 +259,7 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, chat_templ
     from transformers import AutoTokenizer
 
     _require_folder(path)
-    if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
-        raise PipelineError(f"{path}: no tokenizer (tokenizer.json or tokenizer.model)")
+    _require_tokenizer_files(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:

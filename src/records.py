@@ -109,15 +109,19 @@ def os_reason(err: OSError, *ours: Path) -> str:
 
 
 @contextmanager
-def open_atomic(path: str | os.PathLike) -> Iterator[TextIO]:
+def open_atomic(path: str | os.PathLike, sync: bool = False) -> Iterator[TextIO]:
     """A text file written under a temporary name and renamed into place only when complete,
-    so a reader (or DVC) never sees half a file; on any error the temporary file is removed."""
+    so a reader (or DVC) never sees half a file; on any error the temporary file is removed.
+    ``sync`` flushes it to disk before the rename (for files that seal other files)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("w", encoding="utf-8") as f:
             yield f
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
         raise PipelineError(f"{path}: cannot write ({os_reason(err, path, tmp)})") from err
@@ -155,9 +159,9 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Record]) -> int:
     return n
 
 
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Write a small metrics/report JSON file (atomically)."""
-    with open_atomic(path) as f:
+def write_json(path: str | os.PathLike, data: dict, sync: bool = False) -> None:
+    """Write a small metrics/report JSON file (atomically; ``sync``: see open_atomic)."""
+    with open_atomic(path, sync) as f:
         f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
