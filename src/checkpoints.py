@@ -17,6 +17,10 @@ manifest lists is there with the listed size (the manifest also covers object-st
 mounts, where a folder rename is a copy). On start, training resumes from the newest
 complete checkpoint of its own fingerprint; folders of other fingerprints are left alone,
 with a log line that names the settings that differ.
+
+A run that succeeds deletes its configuration's checkpoints, unless ``TRAIN_KEEP_CHECKPOINTS``
+is set (sky-training.yaml sets it, and deletes the folder once the results are pushed): then
+a rerun resumes from the final checkpoint and trains no further steps.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from src.records import write_json
 log = logging.getLogger(__name__)
 
 ENV_VAR = "TRAIN_CHECKPOINT_DIR"
+KEEP_ENV_VAR = "TRAIN_KEEP_CHECKPOINTS"
 FINGERPRINT_FILE = "fingerprint.json"
 MANIFEST_FILE = "manifest.json"
 STAGING = ".staging"
 PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"  # what transformers.Trainer names it
 # SFT settings that change logging, evaluation or checkpointing but not the trained weights.
 NOT_RESULT_SFT_KEYS = frozenset({
     "save_strategy", "save_steps", "save_total_limit", "logging_strategy", "logging_steps",
@@ -53,6 +59,11 @@ SAMPLE_BYTES = 8 * 2**20
 def checkpoint_root(configured: str) -> Path:
     """The environment variable ``TRAIN_CHECKPOINT_DIR`` when set, else ``paths.checkpoints``."""
     return Path(os.environ.get(ENV_VAR) or configured)
+
+
+def keep_after_success() -> bool:
+    """Whether ``TRAIN_KEEP_CHECKPOINTS`` asks to keep checkpoints after training succeeds."""
+    return os.environ.get(KEEP_ENV_VAR, "").strip().lower() in {"1", "true", "yes"}
 
 
 def file_digest(path: Path, sampled: bool = False) -> str:
@@ -134,6 +145,12 @@ def _fsync_tree(folder: Path) -> None:
 
 def step_of(folder: Path) -> int:
     return int(folder.name.removeprefix(PREFIX))
+
+
+def finished(folder: Path) -> bool:
+    """Whether the checkpoint is of the run's last step (its trainer state says so)."""
+    state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+    return state["global_step"] >= state["max_steps"] > 0
 
 
 class CheckpointStore:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,33 @@ def test_stopped_run_resumes_to_the_same_adapter(setup, monkeypatch, caplog):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses == pytest.approx([h["loss"] for h in reference_history if "loss" in h], abs=1e-5)
     assert not root.joinpath(folder.name).exists()  # spent once the adapter is saved
+
+
+def test_kept_checkpoints_let_a_rerun_skip_finished_training(setup, monkeypatch, caplog):
+    """TRAIN_KEEP_CHECKPOINTS (set by sky-training.yaml): a machine that replaces one preempted
+    after training, but before the results were pushed, trains no step again."""
+    cfg, reference, _ = setup
+    monkeypatch.setenv(checkpoints.KEEP_ENV_VAR, "1")
+    root = Path(cfg.paths.checkpoints)
+    try:
+        train.main(cfg)
+        (folder,) = [p for p in root.iterdir() if p.is_dir()]
+        assert (folder / "checkpoint-9" / checkpoints.MANIFEST_FILE).is_file()  # the final step's
+        Path(cfg.paths.adapter, "adapter_model.safetensors").unlink()
+        with caplog.at_level(logging.INFO):
+            trainer = train.main(cfg)
+        assert f"resuming from {folder / 'checkpoint-9'} (step 9)" in caplog.text
+        assert trainer.state.global_step == 9 and not [h for h in trainer.state.log_history[-1:] if "loss" in h]
+        resumed = adapter_weights(cfg)
+        assert all((resumed[k] - v).abs().max().item() <= 1e-6 for k, v in reference.items())
+        live = Path(cfg.paths.train_live)
+        metrics = json.loads((live / "metrics.json").read_text())
+        assert metrics["resumed_from_step"] == 9 and metrics["steps"] == 9 and metrics["eval_loss"] > 0
+        with (live / "plots/metrics/train/loss.tsv").open() as f:  # the series replayed whole
+            assert [int(row["step"]) for row in csv.DictReader(f, delimiter="\t")] == list(range(1, 10))
+    finally:
+        for folder in root.iterdir():
+            shutil.rmtree(folder)
 
 
 def test_half_written_and_foreign_checkpoints_are_not_used(setup, monkeypatch, caplog):

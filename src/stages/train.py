@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from src.chat import training_example
-from src.checkpoints import PREFIX, CheckpointStore, checkpoint_root, fingerprint_inputs, step_of
+from src.checkpoints import (PREFIX, TRAINER_STATE, CheckpointStore, checkpoint_root, finished,
+                             fingerprint_inputs, keep_after_success, step_of)
 from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
@@ -195,6 +196,7 @@ def main(cfg: Params):
     from datasets import Dataset
     from dvclive import Live
     from peft import prepare_model_for_kbit_training
+    from transformers import TrainerState
     from trl import SFTTrainer
 
     paths, tc = cfg.paths, cfg.train
@@ -237,10 +239,11 @@ def main(cfg: Params):
             model, use_gradient_checkpointing=sft_config.gradient_checkpointing)
 
     live = Live(paths.train_live, dvcyaml=None, save_dvc_exp=False, report=None)
+    callbacks = make_callbacks(live)
     trainer = resumable(SFTTrainer, store)(
         model=model, args=sft_config, processing_class=tokenizer, peft_config=lora_config,
         train_dataset=Dataset.from_list(train_examples), eval_dataset=Dataset.from_list(eval_examples),
-        callbacks=make_callbacks(live),
+        callbacks=callbacks,
     )
     no_completion = len(train_examples) - len(trainer.train_dataset)
     if len(trainer.train_dataset) == 0:
@@ -248,12 +251,21 @@ def main(cfg: Params):
     trainer.model.print_trainable_parameters()
 
     # Train.
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if resume and finished(resume):
+        # Kept after a finished run (TRAIN_KEEP_CHECKPOINTS); Trainer would take one step too many.
+        log.info("%s is the last step: training had finished, its adapter is written as is", resume)
+        trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE))
+        trainer._load_from_checkpoint(str(resume))
+        for callback in callbacks:  # the dvclive series from the checkpoint's history
+            callback.on_train_begin(trainer.args, trainer.state, trainer.control)
+        train_seconds = 0.0
+    else:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        train_seconds = result.metrics["train_runtime"]
 
     # Save: adapter and tokenizer, with the resolved config beside them.
     history = trainer.state.log_history
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
-    train_seconds = result.metrics["train_runtime"]
     tokens = trainer.state.num_input_tokens_seen  # non-padding tokens the model computed on
     tokens_this_run = tokens - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     summary = {
@@ -288,7 +300,10 @@ def main(cfg: Params):
     log.info("wrote %s: %d steps, train loss %.4f, eval loss %s, evaluation took %.1f%% of training time",
              adapter_dir, summary["steps"], summary["train_loss"], summary["eval_loss"],
              100 * summary["eval_time_share"])
-    store.remove()  # the adapter is written: this configuration's checkpoints are spent
+    if keep_after_success():
+        log.info("kept %s (TRAIN_KEEP_CHECKPOINTS): a rerun resumes from its final checkpoint", store.dir)
+    else:
+        store.remove()  # the adapter is written: this configuration's checkpoints are spent
     return trainer
 
 
