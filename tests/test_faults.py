@@ -20,13 +20,12 @@ import secrets
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import ROOT, make_clone, run_cli
-from tests.modelkit import chatml_tokenizer, tiny_model_folder
+from tests.conftest import ROOT, files_holding, make_clone, run_cli
+from tests.modelkit import TINY_DAG_SFT, chatml_tokenizer, configure_tiny_dag, tiny_model_folder
 
 FAULTKIT = ROOT / "tests" / "faultkit"
-SAVE_STEPS, MAX_STEPS = 3, 12
+SAVE_STEPS, MAX_STEPS = TINY_DAG_SFT["save_steps"], TINY_DAG_SFT["max_steps"]
 # Fake credentials, made afresh each run so that no file (this one included) holds them beforehand.
 SECRETS = {name: f"{prefix}{secrets.token_hex(12)}" for name, prefix in (
     ("HF_TOKEN", "hf_"), ("WANDB_API_KEY", ""), ("DVC_STUDIO_TOKEN", "isat_"), ("AWS_ACCESS_KEY_ID", "AKIA"),
@@ -48,20 +47,6 @@ OUTS = {
 }
 COMPARED = ["data/final/train.jsonl", "data/final/val.jsonl", "data/final/report.json",
             "sanity_check_result/result.csv"]
-
-
-def configure(repo: Path, model: Path) -> Path:
-    """Params for a run of seconds per stage: the tiny model, 12 steps, a checkpoint every 3."""
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["fetch_base_model"]["model"] = str(model)
-    params["train"]["eval_records"] = 8
-    params["train"]["sft"].update(max_steps=MAX_STEPS, save_steps=SAVE_STEPS, save_total_limit=2,
-                                  logging_steps=1, eval_steps=6, learning_rate=5.0e-3, max_length=128)
-    params["sanity_check"]["max_new_tokens"] = 6
-    params["evaluate"]["max_new_tokens"] = 6
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_cli(["git", "commit", "-qam", "tiny model"], repo, check=True)
-    return repo
 
 
 def dvc(repo: Path, *args: str, fault: tuple[str, str] | None = None, log: list | None = None):
@@ -92,13 +77,7 @@ def checkpoint_steps(repo: Path) -> list[int]:
 
 
 def scan_for_secrets(root: Path) -> list[str]:
-    found = []
-    values = [v.encode() for v in SECRETS.values()]
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            found += [f"{path}: {v.decode()}" for v in values if v in data]
-    return found
+    return files_holding(root, SECRETS.values())
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +87,7 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, model):
-    repo = configure(make_clone(tmp_path_factory.mktemp("reference") / "repo"), model)
+    repo = configure_tiny_dag(make_clone(tmp_path_factory.mktemp("reference") / "repo"), model)
     log = []
     proc = dvc(repo, "repro", log=log)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -118,7 +97,7 @@ def reference(tmp_path_factory, model):
 @pytest.fixture(scope="module")
 def faulted(tmp_path_factory, model):
     """Kill every stage once and training three times; returns the repo and what was seen."""
-    repo = configure(make_clone(tmp_path_factory.mktemp("faulted") / "repo"), model)
+    repo = configure_tiny_dag(make_clone(tmp_path_factory.mktemp("faulted") / "repo"), model)
     log, seen = [], {"stale": {}, "present": {}, "checkpoints": [], "secrets_mid_run": []}
 
     def kill(module: str, how: str = "replace", command: tuple[str, ...] = ("repro",)) -> str:

@@ -105,9 +105,10 @@ def test_default_remote_round_trips_outputs(built_clone):
     """The committed local remote works out of the box: push, lose cache and outputs, pull back."""
     train = built_clone / PATHS["train"]
     before = train.read_bytes()
-    run_cli(["dvc", "push"], built_clone, check=True)
-    assert any((built_clone.parent / "dvc-storage").rglob("*"))
+    home = {"HOME": str(built_clone.parent / "home")}  # the remote is ~/dvc-storage
+    run_cli(["dvc", "push"], built_clone, check=True, env=home)
+    assert any((built_clone.parent / "home/dvc-storage/files/md5").rglob("*"))
     shutil.rmtree(built_clone / ".dvc" / "cache")
     train.unlink()
-    run_cli(["dvc", "pull", "merge_data"], built_clone, check=True)
+    run_cli(["dvc", "pull", "merge_data"], built_clone, check=True, env=home)
     assert train.read_bytes() == before

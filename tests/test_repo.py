@@ -50,12 +50,16 @@ def test_dvc_config_has_default_local_remote_and_no_analytics():
 
 
 def gpu_profile_overrides() -> list[tuple[str, str]]:
-    text = (ROOT / "README.md").read_text()
-    block = text.split("<!-- gpu-profile -->")[1].split("<!-- /gpu-profile -->")[0]
-    return re.findall(r"-S (\S+?)=(\S+)", block)
+    """The GPU profile: the ``-S key=value`` options in sky-training.yaml's PARAMS."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "sky-training.yaml").read_text())["envs"]["PARAMS"]
+    options = params.split()
+    assert options[::2] == ["-S"] * (len(options) // 2)
+    return [tuple(value.split("=", 1)) for value in options[1::2]]
 
 
-def test_readme_gpu_profile_is_valid_params(tmp_path):
+def test_gpu_profile_is_valid_params(tmp_path):
     import yaml
 
     from src.stages.train import build_configs
@@ -69,8 +73,8 @@ def test_readme_gpu_profile_is_valid_params(tmp_path):
         section = raw
         for part in parents:
             section = section[part]
-        assert leaf in section, f"README GPU profile sets unknown key {key}"
-        section[leaf] = yaml.safe_load(value.replace("$REV", "0123456789abcdef0123456789abcdef01234567"))
+        assert leaf in section, f"the GPU profile sets unknown key {key}"
+        section[leaf] = yaml.safe_load(value)
     cfg = validate_params(raw)
     assert cfg.train.quantized and cfg.fetch_base_model.model == "llama-2-7b-chat"
     _, quantization, lora, sft = build_configs(cfg, str(tmp_path))

@@ -127,7 +127,7 @@ def make_callbacks(live):
                 name = key.removeprefix("eval_")
                 if name in LIVE_KEYS and isinstance(value, (int, float)):
                     live.log_metric(f"{prefix}/{name}", value)
-            live.make_summary()
+            live.sync()  # metrics.json, and DVC Studio's live view when DVC_STUDIO_TOKEN is set
 
     return [Throughput(), LiveMetrics()]
 

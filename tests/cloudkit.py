@@ -1,0 +1,164 @@
+"""Stand-ins on 127.0.0.1 for the services a cloud run talks to: a git origin over HTTP that
+wants a token (git's own ``git http-backend``), an S3 endpoint (``moto_server``) and DVC Studio's
+live-metrics API (records what it is sent)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while size := int(handler.rfile.readline().strip() or b"0", 16):
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+        handler.rfile.readline()
+        return b"".join(chunks)
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+class _Server:
+    """A ThreadingHTTPServer on a free port in a daemon thread; ``url``; ``close()``."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class GitHttpOrigin(_Server):
+    """Bare repositories under ``root`` served by ``git http-backend`` (clone, fetch and push),
+    to a client that authenticates with HTTP basic auth as ``user``:``token``; others get 401."""
+
+    def __init__(self, root: Path, user: str, token: str):
+        expected = "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
+        self.denied = 0
+        origin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.backend()
+
+            def do_POST(self):
+                self.backend()
+
+            def backend(self):
+                if self.headers.get("Authorization") != expected:
+                    origin.denied += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                path, _, query = self.path.partition("?")
+                body = _read_body(self)
+                env = {"GIT_PROJECT_ROOT": str(root), "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path,
+                       "QUERY_STRING": query, "REQUEST_METHOD": self.command, "REMOTE_USER": user,
+                       "REMOTE_ADDR": "127.0.0.1", "CONTENT_LENGTH": str(len(body)),
+                       "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                       "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+                       "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                       "PATH": "/usr/local/bin:/usr/bin:/bin"}
+                out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
+                head, _, payload = out.partition(b"\r\n\r\n")
+                status, headers = 200, []
+                for line in head.decode().split("\r\n"):
+                    key, _, value = line.partition(":")
+                    if key.lower() == "status":
+                        status = int(value.split()[0])
+                    elif key:
+                        headers.append((key, value.strip()))
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        super().__init__(Handler)
+
+
+class FakeStudio(_Server):
+    """Answers every POST with 200 and keeps (path, Authorization header, JSON body)."""
+
+    def __init__(self):
+        self.posts: list[tuple[str, str, dict]] = []
+        studio = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = _read_body(self)
+                try:
+                    data = json.loads(body or b"{}")
+                except ValueError:
+                    data = {"raw": body.decode(errors="replace")}
+                studio.posts.append((self.path, self.headers.get("Authorization", ""), data))
+                reply = b"{}"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+        super().__init__(Handler)
+
+
+class MotoS3:
+    """``moto_server`` (an in-memory S3) on a free port of 127.0.0.1, with ``bucket`` created."""
+
+    def __init__(self, bucket: str, env: dict[str, str]):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                                      "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url, timeout=1)  # noqa: S310 (loopback)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.close()
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        import boto3
+
+        self.client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                                   aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                                   aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        self.client.create_bucket(Bucket=bucket)
+        self.bucket = bucket
+
+    def keys(self) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)

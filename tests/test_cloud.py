@@ -1,0 +1,303 @@
+"""sky-training.yaml and sky-vscode.yaml: SkyPilot's own parser and schema, and the training
+YAML's ``setup`` and ``run`` executed as SkyPilot would execute them on a cloud machine, offline.
+
+A machine is simulated by a copy of a clone (SkyPilot copies the workdir, ``.git`` included) and
+the environment SkyPilot gives: its task and node variables, the YAML's envs, the secrets, and a
+HOME with no git config. ``PARAMS=""`` swaps the GPU profile for the clone's committed params:
+a tiny random Llama, seconds per stage. Two round trips, each ending in a second clone that
+pulls the experiment back and finds it byte-identical:
+
+* S3: the DVC remote on ``moto_server``, the git origin over HTTP wanting GIT_TOKEN, and DVC
+  Studio's API recording the live metrics.
+* The committed local remote, with preemption: the first machine is killed in training, the
+  second after training (in merge_model), the third finishes from the checkpoints in the
+  "bucket"; its adapter equals the uninterrupted S3 run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cloudkit import FakeStudio, GitHttpOrigin, MotoS3
+from tests.conftest import OFFLINE, ROOT, files_holding, make_clone, run_cli
+from tests.modelkit import TINY_DAG_SFT, chatml_tokenizer, configure_tiny_dag, tiny_model_folder
+
+TRAINING_YAML, VSCODE_YAML = ROOT / "sky-training.yaml", ROOT / "sky-vscode.yaml"
+FAULTKIT = ROOT / "tests" / "faultkit"
+# A managed job's task id (SkyPilot keeps it across the job's recoveries).
+TASK_ID = "sky-managed-2026-11-28-05-00-00-000000_finetune_3-0"
+SECRETS = {name: f"{prefix}{secrets.token_hex(12)}" for name, prefix in (
+    ("HF_TOKEN", "hf_"), ("GIT_TOKEN", "ghp_"), ("DVC_STUDIO_TOKEN", "isat_"),
+    ("AWS_ACCESS_KEY_ID", "AKIA"), ("AWS_SECRET_ACCESS_KEY", ""))}
+# What an experiment brings home: its params and lock, metrics, plots, adapter, sanity results.
+RESULTS = ("params.yaml", "dvc.lock", "dvclive/train", "models/adapter", "sanity_check_result",
+           "data/metrics", "data/final/report.json")
+
+
+def load_task(path: Path, **envs: str):
+    """The task as `sky launch --env K=V path` parses it."""
+    import sky
+
+    return sky.Task.from_yaml_config(yaml.safe_load(path.read_text()), env_overrides=list(envs.items()))
+
+
+def test_training_yaml_passes_skypilot_schema():
+    import sky
+    from sky.data.storage import StorageMode
+
+    with pytest.raises(ValueError, match="'CHECKPOINT_BUCKET' is None"):  # required at launch
+        sky.Task.from_yaml(str(TRAINING_YAML))
+    task = load_task(TRAINING_YAML, CHECKPOINT_BUCKET="my-checkpoints")
+    gpus = [r.accelerators for r in task.resources]
+    assert len(gpus) >= 3 and all(list(g.values()) == [1] for g in gpus)  # any of several single GPUs
+    assert all(r.use_spot and 100 <= r.disk_size <= 512 for r in task.resources)
+    mount = task.storage_mounts[task.envs["CHECKPOINT_DIR"]]
+    assert (mount.name, mount.mode) == ("my-checkpoints", StorageMode.MOUNT_CACHED)
+    assert not task.file_mounts  # nothing copied from the laptop but the workdir: no keys, no gitconfig
+    assert task.workdir == "."
+    assert set(task.secrets) >= {"HF_TOKEN", "GIT_TOKEN", "DVC_STUDIO_TOKEN", "AWS_ACCESS_KEY_ID"}
+    assert all(not v.get_secret_value() for v in task.secrets.values())  # none inline, given at launch
+    assert "dvc exp run --pull" in task.run and "dvc exp push" in task.run
+    # the GPU profile is the default; its validity against params: test_repo.test_gpu_profile_is_valid_params
+    assert "train.quantization.load_in_4bit=true" in task.envs["PARAMS"]
+
+
+def test_vscode_yaml_passes_skypilot_schema():
+    import sky
+
+    task = sky.Task.from_yaml(str(VSCODE_YAML))
+    (resources, *_) = task.resources
+    assert all(r.autostop_config.enabled and r.autostop_config.idle_minutes > 0 for r in task.resources)
+    assert len(task.resources) >= 3 and resources.accelerators
+    assert "nvtop" in task.setup and "src/cloud/setup.sh" in task.setup
+    assert "code tunnel" in task.run and "SESSION_HOURS" in task.run
+    assert not task.file_mounts
+
+
+def test_cloud_scripts_are_valid_bash():
+    for path in (TRAINING_YAML, VSCODE_YAML):
+        config = yaml.safe_load(path.read_text())
+        for key in ("setup", "run"):
+            proc = run_cli(["bash", "-n", "-c", config[key]], ROOT)
+            assert proc.returncode == 0, (path.name, key, proc.stderr)
+    for script in (ROOT / "src/cloud").glob("*.sh"):
+        assert os.access(script, os.X_OK) and run_cli(["bash", "-n", str(script)], ROOT).returncode == 0
+
+
+def test_askpass_answers_from_the_environment_only():
+    askpass = str(ROOT / "src/cloud/git_askpass.sh")
+    env = {"GIT_TOKEN": "t0ken"}
+    assert run_cli([askpass, "Username for 'https://github.com': "], ROOT, env=env).stdout == "x-access-token\n"
+    assert run_cli([askpass, "Password for 'https://x@github.com': "], ROOT, env=env).stdout == "t0ken\n"
+    missing = run_cli([askpass, "Password: "], ROOT, env={"GIT_TOKEN": ""})
+    assert missing.returncode != 0 and "--secret GIT_TOKEN" in missing.stderr
+
+
+# --- the simulated cloud machine -------------------------------------------------------------
+
+def machine_env(home: Path, checkpoint_dir: Path, **envs: str) -> dict[str, str]:
+    """What SkyPilot exports to setup and run: the task's envs (the YAML's, with --env
+    overrides), the secrets, its own variables. The Python environment is this one (setup
+    then installs nothing), and the system's PATH: setup and run must activate it themselves."""
+    task = load_task(TRAINING_YAML, CHECKPOINT_BUCKET="test-checkpoints", PARAMS="",
+                     CHECKPOINT_DIR=str(checkpoint_dir), VENV=sys.prefix, **envs)
+    home.mkdir(exist_ok=True)
+    offline = {k: v for k, v in OFFLINE.items() if not k.startswith("GIT_")}  # git identity: the YAML's
+    return {**offline, **task.envs, **SECRETS,
+            "HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+            "SKYPILOT_TASK_ID": TASK_ID, "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_NODES": "1",
+            "SKYPILOT_NODE_IPS": "127.0.0.1", "SKYPILOT_NUM_GPUS_PER_NODE": "1",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+
+
+def on_machine(workdir: Path, env: dict[str, str], fault: tuple[str, str] | None = None,
+               setup: bool = True) -> tuple[int, str]:
+    """Run the YAML's setup (unless ``setup`` is false: a later machine of the same job would
+    run the same), then its run, in ``workdir`` as SkyPilot does; return (exit code, output)."""
+    import subprocess
+
+    config = yaml.safe_load(TRAINING_YAML.read_text())
+    env = dict(env)
+    if fault:
+        env |= {"FAULT_STAGE": f"src.stages.{fault[0]}", "FAULT_KILL": fault[1], "PYTHONPATH": str(FAULTKIT)}
+    out = []
+    for key in ("setup", "run")[0 if setup else 1:]:
+        proc = subprocess.run(["bash", "-c", config[key]], cwd=workdir, env=env, capture_output=True, text=True)
+        out.append(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            return proc.returncode, "\n".join(out)
+    return 0, "\n".join(out)
+
+
+def bring_home(home: Path, origin_url: str, name: str, env: dict[str, str]) -> Path:
+    """A second clone: dvc exp pull, dvc exp show, dvc exp apply, dvc pull."""
+    run_cli(["git", "clone", "-q", origin_url, str(home)], home.parent, check=True, env=env)
+    run_cli(["dvc", "exp", "pull", "origin", name], home, check=True, env=env)
+    shown = json.loads(run_cli(["dvc", "exp", "show", "--json"], home, check=True, env=env).stdout)
+    names = [exp.get("name") for baseline in shown for run in baseline.get("experiments") or []
+             for exp in run.get("revs", [])]
+    assert name in names, names
+    run_cli(["dvc", "exp", "apply", name], home, check=True, env=env)
+    run_cli(["dvc", "pull"], home, check=True, env=env)
+    return home
+
+
+def assert_same_results(produced: Path, pulled: Path) -> None:
+    compared = 0
+    for rel in RESULTS:
+        base = produced / rel
+        for path in ([base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())):
+            twin = pulled / path.relative_to(produced)
+            assert twin.is_file() and twin.read_bytes() == path.read_bytes(), path.relative_to(produced)
+            compared += 1
+    assert compared >= 15
+    assert (pulled / "models/adapter/adapter_model.safetensors").stat().st_size > 0
+
+
+def exp_name(output: str) -> str:
+    return re.search(r"^experiment (\S+), checkpoints in", output, re.M).group(1)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_model_folder(tmp_path_factory.mktemp("model") / "tiny-llama", chatml_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def s3_run(tmp_path_factory, model):
+    """The laptop's clone pushed to an HTTP origin and set to an S3 remote; one uninterrupted
+    run on a machine; the experiment pulled into another clone."""
+    tmp = tmp_path_factory.mktemp("s3")
+    (tmp / "git").mkdir()
+    run_cli(["git", "init", "-q", "--bare", "-b", "main", str(tmp / "git/origin.git")], tmp, check=True)
+    git_env = {"GIT_ASKPASS": str(ROOT / "src/cloud/git_askpass.sh"), "GIT_TERMINAL_PROMPT": "0",
+               "GIT_TOKEN": SECRETS["GIT_TOKEN"], "AWS_ACCESS_KEY_ID": SECRETS["AWS_ACCESS_KEY_ID"],
+               "AWS_SECRET_ACCESS_KEY": SECRETS["AWS_SECRET_ACCESS_KEY"], "AWS_DEFAULT_REGION": "us-east-1"}
+    origin = GitHttpOrigin(tmp / "git", "x-access-token", SECRETS["GIT_TOKEN"])
+    s3 = MotoS3("dvc-remote", SECRETS)
+    studio = FakeStudio()
+    try:
+        laptop = configure_tiny_dag(make_clone(tmp / "laptop"), model)
+        run_cli(["dvc", "remote", "add", "-d", "cloud", "s3://dvc-remote/store"], laptop, check=True)
+        run_cli(["dvc", "remote", "modify", "cloud", "endpointurl", s3.url], laptop, check=True)
+        run_cli(["git", "commit", "-qam", "S3 remote"], laptop, check=True)
+        run_cli(["git", "remote", "add", "origin", f"{origin.url}/origin.git"], laptop, check=True)
+        run_cli(["git", "push", "-q", "origin", "main"], laptop, check=True, env=git_env)
+        machine = shutil.copytree(laptop, tmp / "machine", symlinks=True)
+        env = machine_env(tmp / "machine-home", tmp / "bucket", EXP_NAME="qlora-s3",
+                          DVC_STUDIO_URL=studio.url, AWS_DEFAULT_REGION="us-east-1")
+        code, output = on_machine(machine, env)
+        assert code == 0, output[-4000:]
+        home = bring_home(tmp / "home", f"{origin.url}/origin.git", "qlora-s3", git_env)
+        yield {"machine": machine, "home": home, "output": output, "studio": studio.posts,
+               "s3_keys": s3.keys(), "denied": origin.denied, "bucket": tmp / "bucket", "tmp": tmp}
+    finally:
+        origin.close()
+        s3.close()
+        studio.close()
+
+
+@pytest.mark.slow
+def test_cloud_run_pushes_to_s3_and_comes_home_byte_identical(s3_run):
+    assert exp_name(s3_run["output"]) == "qlora-s3"
+    assert "dvc exp pull origin qlora-s3" in s3_run["output"]
+    assert "warning: the DVC remote" not in s3_run["output"]
+    assert len(s3_run["s3_keys"]) >= 10 and all(k.startswith("store/") for k in s3_run["s3_keys"])
+    assert_same_results(s3_run["machine"], s3_run["home"])
+    assert not any(s3_run["bucket"].iterdir())  # the experiment's checkpoints went once pushed
+
+
+@pytest.mark.slow
+def test_cloud_run_pushes_over_https_with_the_token_from_the_environment(s3_run):
+    assert s3_run["denied"] > 0  # the origin refused requests until the askpass answered
+    config = (s3_run["machine"] / ".git/config").read_text()
+    assert SECRETS["GIT_TOKEN"] not in config and "askpass" not in config
+
+
+@pytest.mark.slow
+def test_cloud_run_sends_live_metrics_to_studio(s3_run):
+    posts = s3_run["studio"]
+    live = [data for path, auth, data in posts if path == "/api/live"]
+    assert live and all(auth == f"token {SECRETS['DVC_STUDIO_TOKEN']}"
+                        for path, auth, _ in posts if path == "/api/live")
+    assert {d.get("name") for d in live} == {"qlora-s3"}
+    steps = [d["step"] for d in live if d.get("type") == "data"]
+    assert set(steps) >= {1, TINY_DAG_SFT["max_steps"] // 2, TINY_DAG_SFT["max_steps"]}  # as training goes
+    sent = json.dumps([d for d in live if d.get("type") == "data"])
+    assert "train/loss" in sent and "eval/loss" in sent
+
+
+@pytest.mark.slow
+def test_no_credential_is_written_anywhere(s3_run):
+    tmp = s3_run["tmp"]
+    assert files_holding(tmp, SECRETS.values()) == []
+    assert not [name for name, value in SECRETS.items() if value in s3_run["output"]]
+    # the scan itself works: the fixtures' values are findable when written
+    (tmp / "planted.txt").write_text(SECRETS["GIT_TOKEN"])
+    assert files_holding(tmp, SECRETS.values()) == [f"{tmp / 'planted.txt'}: {SECRETS['GIT_TOKEN']}"]
+
+
+@pytest.fixture(scope="module")
+def preempted_run(tmp_path_factory, model):
+    """The committed local remote, a bare origin on disk, and a managed job preempted twice:
+    three machines in turn, with the same task id and the same checkpoint bucket."""
+    tmp = tmp_path_factory.mktemp("local")
+    run_cli(["git", "init", "-q", "--bare", "-b", "main", str(tmp / "origin.git")], tmp, check=True)
+    laptop = configure_tiny_dag(make_clone(tmp / "laptop"), model)
+    run_cli(["git", "remote", "add", "origin", str(tmp / "origin.git")], laptop, check=True)
+    run_cli(["git", "push", "-q", "origin", "main"], laptop, check=True)
+    env = machine_env(tmp / "machine-home", tmp / "bucket")  # EXP_NAME empty: named after the task
+    runs = []
+    for i, fault in enumerate([("train", "step:7"), ("merge_model", "replace"), None]):
+        machine = shutil.copytree(laptop, tmp / f"machine{i}", symlinks=True)
+        code, output = on_machine(machine, env, fault, setup=i == 0)
+        steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (tmp / "bucket").glob("*/*/checkpoint-*"))
+        runs.append({"code": code, "output": output, "steps": steps, "machine": machine})
+    assert runs[-1]["code"] == 0, runs[-1]["output"][-4000:]
+    name = exp_name(runs[-1]["output"])
+    # the committed remote is ~/dvc-storage: the second clone sees the machine's, as a shared disk would
+    home = bring_home(tmp / "home", str(tmp / "origin.git"), name, {"HOME": env["HOME"]})
+    return {"runs": runs, "home": home, "name": name, "bucket": tmp / "bucket",
+            "remote": Path(env["HOME"]) / "dvc-storage"}
+
+
+@pytest.mark.slow
+def test_preempted_run_resumes_from_the_bucket_and_finishes(preempted_run):
+    first, second, third = preempted_run["runs"]
+    save = TINY_DAG_SFT["save_steps"]
+    assert first["code"] != 0 and "faultkit: SIGKILL src.stages.train" in first["output"]
+    assert first["steps"] == [save, 2 * save]  # the checkpoints before step 7, in the bucket
+    assert second["code"] != 0 and "faultkit: SIGKILL src.stages.merge_model" in second["output"]
+    assert f"checkpoint-{2 * save} (step {2 * save})" in second["output"]  # resumed
+    last = TINY_DAG_SFT["max_steps"]
+    assert second["steps"] == [last - save, last]  # kept after training: results not pushed yet
+    assert f"checkpoint-{last} (step {last})" in third["output"] and "training had finished" in third["output"]
+    assert not any(preempted_run["bucket"].iterdir())  # spent once pushed
+    assert preempted_run["name"] == TASK_ID  # one experiment across the job's machines
+    assert "warning: the DVC remote is a folder on this machine" in third["output"]
+
+
+@pytest.mark.slow
+def test_preempted_run_comes_home_from_the_local_remote_byte_identical(preempted_run):
+    assert (preempted_run["remote"] / "files/md5").is_dir()  # the committed default remote
+    assert_same_results(preempted_run["runs"][-1]["machine"], preempted_run["home"])
+
+
+@pytest.mark.slow
+def test_preempted_run_ends_with_the_uninterrupted_runs_adapter(preempted_run, s3_run):
+    from safetensors.torch import load_file
+
+    rel = "models/adapter/adapter_model.safetensors"
+    mine, theirs = load_file(preempted_run["home"] / rel), load_file(s3_run["home"] / rel)
+    assert mine.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert (mine[name] - tensor).abs().max().item() <= 1e-6, name
