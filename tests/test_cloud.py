@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -123,8 +124,6 @@ def on_machine(workdir: Path, env: dict[str, str], fault: tuple[str, str] | None
                setup: bool = True) -> tuple[int, str]:
     """Run the YAML's setup (unless ``setup`` is false: a later machine of the same job would
     run the same), then its run, in ``workdir`` as SkyPilot does; return (exit code, output)."""
-    import subprocess
-
     config = yaml.safe_load(TRAINING_YAML.read_text())
     env = dict(env)
     if fault:
@@ -195,10 +194,11 @@ def s3_run(tmp_path_factory, model):
         machine = shutil.copytree(laptop, tmp / "machine", symlinks=True)
         env = machine_env(tmp / "machine-home", tmp / "bucket", EXP_NAME="qlora-s3",
                           DVC_STUDIO_URL=studio.url, AWS_DEFAULT_REGION="us-east-1")
+        refused = on_machine(machine, {**env, "GIT_TOKEN": "not-the-token"}, setup=False)
         code, output = on_machine(machine, env)
         assert code == 0, output[-4000:]
         home = bring_home(tmp / "home", f"{origin.url}/origin.git", "qlora-s3", git_env)
-        yield {"machine": machine, "home": home, "output": output, "studio": studio.posts,
+        yield {"machine": machine, "home": home, "output": output, "refused": refused, "studio": studio.posts,
                "s3_keys": s3.keys(), "denied": origin.denied, "bucket": tmp / "bucket", "tmp": tmp}
     finally:
         origin.close()
@@ -219,6 +219,10 @@ def test_cloud_run_pushes_to_s3_and_comes_home_byte_identical(s3_run):
 @pytest.mark.slow
 def test_cloud_run_pushes_over_https_with_the_token_from_the_environment(s3_run):
     assert s3_run["denied"] > 0  # the origin refused requests until the askpass answered
+    # a wrong token stops the run before any stage runs, with the reason
+    code, output = s3_run["refused"]
+    assert code == 1 and "cannot push (HTTPS: pass --secret GIT_TOKEN)" in output
+    assert "Running stage" not in output
     config = (s3_run["machine"] / ".git/config").read_text()
     assert SECRETS["GIT_TOKEN"] not in config and "askpass" not in config
 
