@@ -175,6 +175,19 @@ def mean_train_loss(history: list[dict]) -> float | None:
     return total / steps if steps else None
 
 
+def prompt_length(tokenizer, example: dict) -> int:
+    """Tokens of the prompt as the chat template renders it, with the assistant turn's opening."""
+    return len(tokenizer.apply_chat_template(example["prompt"], tokenize=True, add_generation_prompt=True,
+                                             return_dict=True)["input_ids"])
+
+
+def sequences_in(dataset) -> int:
+    """Examples in TRL's prepared dataset: a packed row lists the lengths of the sequences it holds."""
+    if "seq_lengths" in dataset.column_names:
+        return sum(len(lengths) for lengths in dataset["seq_lengths"])
+    return len(dataset)
+
+
 def select_by_length(examples: list[dict], lengths: list[int], max_length: int | None, over_length: str,
                      path: str) -> tuple[list[dict], int, int]:
     """Apply ``train.over_length`` to records longer than ``max_length`` tokens:
@@ -223,6 +236,16 @@ def main(cfg: Params):
              "%d of %d validation records scored during training", len(all_examples), sum(lengths),
              truncated + too_long, max_length, truncated, too_long, len(eval_examples), len(val_examples))
 
+    # A record whose prompt alone fills max_length keeps no answer token once cut: left out, counted.
+    if tc.over_length == "truncate" and max_length:
+        kept = [e for e, n in zip(train_examples, lengths)
+                if n <= max_length or prompt_length(tokenizer, e) < max_length]
+        no_completion, train_examples = len(train_examples) - len(kept), kept
+    else:
+        no_completion = 0
+    if not train_examples:
+        raise PipelineError(f"{paths.train}: no record keeps a completion token within max_length {max_length}")
+
     # Checkpoints: resume from the newest complete one of this configuration, if any.
     store.prepare()
     resume = store.latest()
@@ -245,9 +268,8 @@ def main(cfg: Params):
         train_dataset=Dataset.from_list(train_examples), eval_dataset=Dataset.from_list(eval_examples),
         callbacks=callbacks,
     )
-    no_completion = len(train_examples) - len(trainer.train_dataset)
-    if len(trainer.train_dataset) == 0:
-        raise PipelineError(f"{paths.train}: no record keeps a completion token within max_length {max_length}")
+    trained = sequences_in(trainer.train_dataset)
+    no_completion += len(train_examples) - trained  # any TRL left out as fully masked (none expected)
     trainer.model.print_trainable_parameters()
 
     # Train.
@@ -274,7 +296,7 @@ def main(cfg: Params):
         "steps": trainer.state.global_step,
         "resumed_from_step": step_of(resume) if resume else 0,
         "records": len(all_examples),
-        "records_trained": len(trainer.train_dataset),
+        "records_trained": trained,
         "records_truncated": truncated,
         "records_dropped": {"too_long": too_long, "no_completion_left": no_completion},
         "tokens_trained": int(tokens),
