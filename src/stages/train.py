@@ -152,6 +152,7 @@ def resumable(trainer_class, store: CheckpointStore):
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # every process has written its part (its RNG state)
             if self.args.should_save:
                 staged = store.staging / f"{PREFIX}{self.state.global_step}"
                 final = store.commit(staged)
@@ -246,8 +247,10 @@ def main(cfg: Params):
     if not train_examples:
         raise PipelineError(f"{paths.train}: no record keeps a completion token within max_length {max_length}")
 
-    # Checkpoints: resume from the newest complete one of this configuration, if any.
-    store.prepare()
+    # Checkpoints: resume from the newest complete one of this configuration, if any. Under
+    # torchrun or accelerate, the main process tidies the folder before the others look.
+    with sft_config.main_process_first(desc="checkpoint folder"):
+        store.prepare()
     resume = store.latest()
     if resume:
         log.info("resuming from %s (step %d)", resume, step_of(resume))
@@ -261,7 +264,8 @@ def main(cfg: Params):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=sft_config.gradient_checkpointing)
 
-    live = Live(paths.train_live, dvcyaml=None, save_dvc_exp=False, report=None)
+    main_process = sft_config.process_index == 0  # the one that logs and writes outputs
+    live = Live(paths.train_live, dvcyaml=None, save_dvc_exp=False, report=None) if main_process else None
     callbacks = make_callbacks(live)
     trainer = resumable(SFTTrainer, store)(
         model=model, args=sft_config, processing_class=tokenizer, peft_config=lora_config,
@@ -305,6 +309,8 @@ def main(cfg: Params):
         "eval_time_share": round(eval_seconds / train_seconds, 4) if train_seconds else 0.0,
         "tokens_per_second": round(tokens_this_run / train_seconds, 2) if train_seconds else 0.0,
     }
+    if not main_process:
+        return trainer
     for key, value in summary.items():
         if value is not None:
             live.summary[key] = value
