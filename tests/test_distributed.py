@@ -35,6 +35,7 @@ def train(repo: Path, name: str, batch: int, processes: int):
     params["paths"]["checkpoints"] = f"out/{name}/checkpoints"
     params["train"]["sft"]["per_device_train_batch_size"] = batch
     params["train"]["lora"]["lora_dropout"] = 0.0
+    params["train"]["sft"]["packing"] = True  # whole rows per process: no padding to tell the runs apart
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     launcher = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(processes),
                 "--master_port", str(free_port())] if processes > 1 else [sys.executable]
