@@ -71,13 +71,13 @@ class Counting:
 
 def answer_tokens(tokenizer, examples: list[dict], max_length: int) -> dict:
     """Token ids of each example (as trained, cut at max_length) -> its answer tokens, EOS included."""
-    from src.stages.train import prompt_length
+    from src.chat import prompt_ids
 
     table = {}
     for e in examples:
         ids = tokenizer.apply_chat_template(e["prompt"] + e["completion"], tokenize=True,
                                             return_dict=True)["input_ids"][:max_length]
-        table[tuple(ids)] = len(ids) - min(prompt_length(tokenizer, e), len(ids))
+        table[tuple(ids)] = len(ids) - min(len(prompt_ids(tokenizer, e["prompt"])), len(ids))
     return table
 
 

@@ -22,7 +22,7 @@ import random
 import time
 from pathlib import Path
 
-from src.chat import training_example
+from src.chat import prompt_ids, training_example
 from src.checkpoints import (PREFIX, TRAINER_STATE, CheckpointStore, checkpoint_root, finished,
                              fingerprint_inputs, keep_after_success, step_of)
 from src.cli import run
@@ -176,12 +176,6 @@ def mean_train_loss(history: list[dict]) -> float | None:
     return total / steps if steps else None
 
 
-def prompt_length(tokenizer, example: dict) -> int:
-    """Tokens of the prompt as the chat template renders it, with the assistant turn's opening."""
-    return len(tokenizer.apply_chat_template(example["prompt"], tokenize=True, add_generation_prompt=True,
-                                             return_dict=True)["input_ids"])
-
-
 def sequences_in(dataset) -> int:
     """Examples in TRL's prepared dataset: a packed row lists the lengths of the sequences it holds."""
     if "seq_lengths" in dataset.column_names:
@@ -240,7 +234,7 @@ def main(cfg: Params):
     # A record whose prompt alone fills max_length keeps no answer token once cut: left out, counted.
     if tc.over_length == "truncate" and max_length:
         kept = [e for e, n in zip(train_examples, lengths)
-                if n <= max_length or prompt_length(tokenizer, e) < max_length]
+                if n <= max_length or len(prompt_ids(tokenizer, e["prompt"])) < max_length]
         no_completion, train_examples = len(train_examples) - len(kept), kept
     else:
         no_completion = 0
