@@ -6,9 +6,9 @@ same LoRA settings, it trains a fixed number of steps twice:
   a) the original design: loss on the full text (prompt included), batches padded to their
      longest example, length-grouped sampling, 4 examples per step, evaluation every 10 steps
      over the whole validation set;
-  b) params.yaml with packing on (train.sft.packing=true, 1 packed row per step, as the README
-     describes; packing is off in params.yaml for now): loss on the answer only, best-fit
-     packing without padding, evaluation of train.eval_records records halfway and at the end.
+  b) params.yaml as it is: loss on the answer only, best-fit packing without padding (1 row
+     of up to max_length tokens per step), evaluation of train.eval_records records halfway
+     and at the end.
 
 For each it prints supervised tokens per second (answer tokens, EOS included, that the loss
 trains, per second of wall time including evaluation), the fraction of computed token
@@ -131,7 +131,7 @@ def main() -> None:
                 "train_sampling_strategy": "group_by_length", "per_device_train_batch_size": 4,
                 "eval_strategy": "steps", "eval_steps": 10}
     a = run("a-original", cfg, original, eval_all=True, steps=steps)
-    b = run("b-project", cfg, {"packing": True, "per_device_train_batch_size": 1}, eval_all=False, steps=steps)
+    b = run("b-project", cfg, {}, eval_all=False, steps=steps)
     for r in (a, b):
         print(f"{r['name']:>11}: {r['supervised_per_s']:8.1f} supervised tokens/s, real-token fraction "
               f"{r['real_fraction']:.3f}, evaluation {100 * r['eval_share']:.1f}% of wall time, "

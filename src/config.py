@@ -147,6 +147,7 @@ class TrainParams(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     eval_records: Annotated[int, Field(ge=1)]
     over_length: Literal["truncate", "drop"]
+    distributed: Literal["none", "ddp", "fsdp"]
     quantization: LibraryFields
     lora: LibraryFields
     sft: LibraryFields

@@ -307,9 +307,11 @@ def load_model(path: str | Path, dtype, quantization: dict | None = None,
     kwargs = {}
     if quantization:
         kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
-        kwargs["device_map"] = {"": 0} if device_kind() == "cuda" else "cpu"
-    elif device_kind() == "cuda":
-        kwargs["device_map"] = {"": 0}
+    if device_kind() == "cuda":
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true"):  # FSDP places its shards
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # a launcher's process: its GPU
+    elif quantization:
+        kwargs["device_map"] = "cpu"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                  use_safetensors=True, **kwargs)
     if quantization and device_kind() == "cpu":

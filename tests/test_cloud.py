@@ -137,6 +137,29 @@ def on_machine(workdir: Path, env: dict[str, str], fault: tuple[str, str] | None
     return 0, "\n".join(out)
 
 
+def test_other_machines_of_a_multi_node_job_run_up_to_train_only(tmp_path):
+    """On a machine with SKYPILOT_NODE_RANK > 0 the run goes as far as the train stage (whose
+    processes join the first machine's), without pushing or posting to Studio. dvc and git
+    are stand-ins here that record how they were called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dvc", "git"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $* studio=${{DVC_STUDIO_TOKEN:-unset}}" >> {tmp_path}/calls\n')
+        (bin_dir / tool).chmod(0o755)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    env = machine_env(tmp_path / "home", tmp_path / "checkpoints") | {
+        "VENV": str(venv), "PARAMS": "-S train.distributed=ddp", "SKYPILOT_NODE_RANK": "1", "SKYPILOT_NUM_NODES": "2",
+        "SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2"}
+    config = yaml.safe_load(TRAINING_YAML.read_text())
+    proc = subprocess.run(["bash", "-c", config["run"]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls == ["dvc exp run --pull -S train.distributed=ddp train studio=unset"], calls
+    assert (tmp_path / "checkpoints").name in proc.stdout  # the same checkpoint folder as the first machine
+
+
 def bring_home(home: Path, origin_url: str, name: str, env: dict[str, str]) -> Path:
     """A second clone: dvc exp pull, dvc exp show, dvc exp apply, dvc pull."""
     run_cli(["git", "clone", "-q", origin_url, str(home)], home.parent, check=True, env=env)

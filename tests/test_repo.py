@@ -49,32 +49,14 @@ def test_dvc_config_has_default_local_remote_and_no_analytics():
     assert "://" not in url  # a local directory
 
 
-def gpu_profile_overrides() -> list[tuple[str, str]]:
-    """The GPU profile: the ``-S key=value`` options in sky-training.yaml's PARAMS."""
-    import yaml
-
-    params = yaml.safe_load((ROOT / "sky-training.yaml").read_text())["envs"]["PARAMS"]
-    options = params.split()
-    assert options[::2] == ["-S"] * (len(options) // 2)
-    return [tuple(value.split("=", 1)) for value in options[1::2]]
-
-
 def test_gpu_profile_is_valid_params(tmp_path):
-    import yaml
-
+    from src.cloud.profile import apply_overrides, gpu_profile_overrides
     from src.stages.train import build_configs
     from tests.conftest import repo_params
 
-    raw = repo_params()
     overrides = gpu_profile_overrides()
     assert len(overrides) >= 15
-    for key, value in overrides:
-        *parents, leaf = key.split(".")
-        section = raw
-        for part in parents:
-            section = section[part]
-        assert leaf in section, f"the GPU profile sets unknown key {key}"
-        section[leaf] = yaml.safe_load(value)
+    raw = apply_overrides(repo_params(), overrides)  # an unknown key raises
     cfg = validate_params(raw)
     assert cfg.train.quantized and cfg.fetch_base_model.model == "llama-2-7b-chat"
     _, quantization, lora, sft = build_configs(cfg, str(tmp_path))
@@ -82,4 +64,4 @@ def test_gpu_profile_is_valid_params(tmp_path):
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (64, 16, 0.1)
     assert (sft.learning_rate, sft.optim, sft.weight_decay, sft.num_train_epochs) == \
         (2e-4, "paged_adamw_32bit", 0.001, 5)
-    assert sft.per_device_train_batch_size == 8 and sft.max_length == 1024 and sft.warmup_steps == 0.03
+    assert sft.packing and sft.per_device_train_batch_size == 4 and sft.max_length == 1024 and sft.warmup_steps == 0.03

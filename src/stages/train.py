@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from src.checkpoints import (PREFIX, TRAINER_STATE, CheckpointStore, checkpoint_
                              fingerprint_inputs, keep_after_success, step_of)
 from src.cli import run
 from src.config import Params
+from src.distributed import relaunch_if_needed
 from src.errors import PipelineError
 from src.modeling import TRAIN_CONFIG_FILE, compute_dtype, device_kind, load_model, load_tokenizer
 from src.records import output_folder, read_jsonl, write_json
@@ -109,12 +111,12 @@ def make_callbacks(live):
         run first writes the rows of the checkpoint's history, so the series stay whole."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
+            if live is not None:
                 for entry in state.log_history:
                     self.record(entry, entry["step"])
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and state.is_world_process_zero:
+            if logs and live is not None:  # every process gets the logs, reduced over all of them
                 self.record(logs, state.global_step)
 
         @staticmethod
@@ -200,6 +202,7 @@ def select_by_length(examples: list[dict], lengths: list[int], max_length: int |
 
 def main(cfg: Params):
     """Train and save; returns the trainer (tests inspect its model and history)."""
+    relaunch_if_needed(cfg.train.distributed)  # under accelerate launch, when params ask for it
     import torch
     from datasets import Dataset
     from dvclive import Live
@@ -242,8 +245,9 @@ def main(cfg: Params):
         raise PipelineError(f"{paths.train}: no record keeps a completion token within max_length {max_length}")
 
     # Checkpoints: resume from the newest complete one of this configuration, if any. Under
-    # torchrun or accelerate, the main process tidies the folder before the others look.
-    with sft_config.main_process_first(desc="checkpoint folder"):
+    # torchrun or accelerate, the first process of all tidies the folder before the others look
+    # (machines share it when it is a mounted bucket).
+    with sft_config.main_process_first(local=False, desc="checkpoint folder"):
         store.prepare()
     resume = store.latest()
     if resume:
@@ -258,8 +262,12 @@ def main(cfg: Params):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=sft_config.gradient_checkpointing)
 
-    main_process = sft_config.process_index == 0  # the one that logs and writes outputs
-    live = Live(paths.train_live, dvcyaml=None, save_dvc_exp=False, report=None) if main_process else None
+    # One process per machine writes the outputs: DVC runs on every machine of a multi-node job
+    # and checks them there. Only the first process of all posts live metrics to DVC Studio.
+    writer = sft_config.local_process_index == 0
+    if writer and sft_config.process_index != 0:
+        os.environ["DVC_STUDIO_OFFLINE"] = "true"
+    live = Live(paths.train_live, dvcyaml=None, save_dvc_exp=False, report=None) if writer else None
     callbacks = make_callbacks(live)
     trainer = resumable(SFTTrainer, store)(
         model=model, args=sft_config, processing_class=tokenizer, peft_config=lora_config,
@@ -271,7 +279,8 @@ def main(cfg: Params):
     trainer.model.print_trainable_parameters()
 
     # Train.
-    if resume and finished(resume):
+    ran = not (resume and finished(resume))
+    if not ran:
         # Kept after a finished run (TRAIN_KEEP_CHECKPOINTS); Trainer would take one step too many.
         log.info("%s is the last step: training had finished, its adapter is written as is", resume)
         trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE))
@@ -303,7 +312,11 @@ def main(cfg: Params):
         "eval_time_share": round(eval_seconds / train_seconds, 4) if train_seconds else 0.0,
         "tokens_per_second": round(tokens_this_run / train_seconds, 2) if train_seconds else 0.0,
     }
-    if not main_process:
+    adapter_state = None  # the model's own, except under FSDP: sharded, so every process helps gather it
+    if trainer.is_fsdp_enabled and ran:  # train() wrapped the model
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        adapter_state = trainer.accelerator.get_state_dict(trainer.model)
+    if not writer:
         return trainer
     for key, value in summary.items():
         if value is not None:
@@ -311,7 +324,8 @@ def main(cfg: Params):
     live.make_summary()
     live.end()
     with output_folder(adapter_dir) as partial:
-        trainer.model.save_pretrained(partial)  # adapter weights as safetensors, and its config
+        # The adapter weights (safetensors) and config.
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(partial, state_dict=adapter_state)
         tokenizer.save_pretrained(partial)
         write_json(partial / TRAIN_CONFIG_FILE, jsonable({
             "params": cfg.model_dump(include={"fetch_base_model", "chat", "train"}),
