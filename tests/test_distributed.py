@@ -190,3 +190,28 @@ def test_launch_refuses_what_it_cannot_run(kind, env, gpus, message):
 
     with pytest.raises(PipelineError, match=message):
         launch_command(kind, env, gpus)
+
+
+@pytest.mark.parametrize("env, device_map", [
+    ({}, {"": 0}),                                      # one process: the first GPU
+    ({"LOCAL_RANK": "3"}, {"": 3}),                     # a launcher's fourth process on this machine
+    ({"LOCAL_RANK": "1", "ACCELERATE_USE_FSDP": "true"}, None),  # FSDP places the shards itself
+])
+def test_each_process_loads_the_model_onto_its_own_gpu(tmp_path, monkeypatch, env, device_map):
+    import transformers
+
+    from src import modeling
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    for name in ("LOCAL_RANK", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    seen = {}
+    monkeypatch.setattr(modeling, "device_kind", lambda: "cuda")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda path, **kwargs: seen.update(kwargs))
+    modeling.load_model(tmp_path, "bfloat16", {"load_in_4bit": True})
+    assert seen.get("device_map") == device_map
+    assert seen["quantization_config"].load_in_4bit
