@@ -6,7 +6,7 @@ loaded through the pipeline's own ``load_model`` with the GPU profile's 4-bit qu
 (sky-training.yaml's PARAMS: NF4, double quantization, LoRA r 64 on every linear layer,
 paged AdamW, gradient checkpointing, sequence length 1024). Synthetic examples with an
 Orca-like length mix (prompts about 150 tokens, answers about 250, cut at 1024) train for
-a fixed number of steps twice, on the same loaded model:
+a fixed number of steps three times, on the same loaded model:
 
   a) the original design: loss on the full text, batches of 8 examples padded to their
      longest, length-grouped sampling;
@@ -19,7 +19,7 @@ a fixed number of steps twice, on the same loaded model:
 
 For each it prints real tokens/s (the non-padding tokens computed), supervised tokens/s (the
 answer tokens the loss learns from), the fraction of computed positions that are real, and
-peak GPU memory; then the ratio b/a of supervised tokens/s. Evaluation is left out here
+peak GPU memory; then the ratios b/a and c/a of supervised tokens/s. Evaluation is left out here
 (bench/train_throughput.py measures its share). On a machine without CUDA it says so and runs
 the same code on a tiny shape: the figures then say nothing about GPUs.
 
@@ -82,7 +82,7 @@ def tokenizer_for(vocab_size: int):
                                    pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def synthetic_examples(count: int, vocab_size: int, max_length: int, seed: int = 0) -> list[dict]:
+def synthetic_examples(count: int, vocab_size: int, seed: int = 0) -> list[dict]:
     """Pre-tokenized prompt + answer examples (answers end with EOS), lengths log-normal."""
     import numpy as np
 
@@ -113,7 +113,9 @@ def gpu_config(root: Path, model_folder: Path, steps: int, cuda: bool):
     return validate_params(raw)
 
 
-def run(name: str, cfg, model, tokenizer, examples: list[dict], sft_overrides: dict, cuda: bool) -> dict:
+def run(name: str, cfg, model, tokenizer, examples: list[dict], sft_overrides: dict, cuda: bool):
+    """Train ``model`` with LoRA under ``cfg`` plus ``sft_overrides``; return the figures and
+    the base model with the LoRA layers taken out again."""
     import torch
     from datasets import Dataset
     from trl import SFTTrainer
@@ -184,7 +186,7 @@ def main() -> None:
           f"sequence length {sft.max_length}, LoRA r {cfg.train.lora['r']}, optimizer {optimizer}, "
           f"gradient checkpointing {sft.gradient_checkpointing}", flush=True)
     tokenizer = tokenizer_for(shape["vocab_size"])
-    examples = synthetic_examples(max(400, args.steps * 16), shape["vocab_size"], sft.max_length)
+    examples = synthetic_examples(max(400, args.steps * 16), shape["vocab_size"])
 
     original = {"packing": False, "padding_free": False, "completion_only_loss": False,
                 "train_sampling_strategy": "group_by_length", "per_device_train_batch_size": ORIGINAL_BATCH}
@@ -210,6 +212,7 @@ def main() -> None:
           f"{b['supervised_per_s'] / a['supervised_per_s']:.2f}, c/a = {c['supervised_per_s'] / a['supervised_per_s']:.2f}; "
           f"real-token fraction a {a['real_fraction']:.3f}, b {b['real_fraction']:.3f}; peak GPU memory "
           f"a {gib(a['peak_gib'])}, b {gib(b['peak_gib'])}, c {gib(c['peak_gib'])}; {args.steps} steps each")
+
 
 if __name__ == "__main__":
     main()

@@ -51,11 +51,15 @@ def params_in(tmp: Path, **overrides: dict) -> Params:
     return validate_params(raw)
 
 
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The test environment (the venv's executables first on PATH), plus ``env``."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+
+
 def run_cli(args: list[str], cwd: Path, check: bool = False,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a command with the test environment (the venv's executables first on PATH), plus ``env``."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=cwd, env=cli_env(env), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.cloudkit import free_port
-from tests.conftest import make_clone, run_cli
+from tests.conftest import cli_env, make_clone, run_cli
 from tests.modelkit import TINY_DAG_SFT, chatml_tokenizer, configure_tiny_dag, tiny_model_folder
 
 pytestmark = pytest.mark.timeout(600)  # a collective that never completes fails the test, not CI
@@ -64,10 +64,9 @@ def two_machines(repo: Path, tmp: Path) -> list[subprocess.CompletedProcess]:
     procs = []
     for rank, machine in enumerate(machines):
         configure(machine, "machines", batch=1, distributed="ddp")
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               "OMP_NUM_THREADS": "1", "TRAIN_PROCESSES_PER_NODE": "1", "SKYPILOT_NUM_NODES": "2",
-               "SKYPILOT_NODE_RANK": str(rank), "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.1",
-               "TRAIN_MAIN_PORT": str(port), "TRAIN_CHECKPOINT_DIR": str(tmp / "bucket")}
+        env = cli_env({"OMP_NUM_THREADS": "1", "TRAIN_PROCESSES_PER_NODE": "1", "SKYPILOT_NUM_NODES": "2",
+                       "SKYPILOT_NODE_RANK": str(rank), "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.1",
+                       "TRAIN_MAIN_PORT": str(port), "TRAIN_CHECKPOINT_DIR": str(tmp / "bucket")})
         procs.append(subprocess.Popen([sys.executable, "-m", "src.stages.train"], cwd=machine, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=500) for p in procs]
