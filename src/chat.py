@@ -10,11 +10,15 @@ the same token sequence whether the model is learning from it or answering it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 from src.records import Record
 
 Message = dict[str, str]
+
+# The first line of a chat template that puts the pipeline's system prompt first (see with_system_prompt).
+SYSTEM_PROMPT_MARK = "{#- pipeline: chat.system_prompt when a conversation has none -#}"
 
 
 def conversation(prompt: Iterable, system_prompt: str | None) -> list[Message]:
@@ -47,3 +51,18 @@ def generation_inputs(tokenizer, conversations: Sequence[Sequence[Message]]):
     return tokenizer.apply_chat_template([list(c) for c in conversations], add_generation_prompt=True,
                                          tokenize=True, padding=True, return_dict=True,
                                          return_tensors="pt")
+
+
+def with_system_prompt(template: str, system_prompt: str | None) -> str:
+    """``template`` made to put ``system_prompt`` first in every conversation that has no system
+    turn, so that any client of a saved model folder (transformers, llama.cpp, vLLM) sends the
+    prompt the model was trained with instead of the template's own default (SmolLM2's "named
+    SmolLM"). A template made so before is remade with the new prompt; ``None`` leaves it as is."""
+    if template.startswith(SYSTEM_PROMPT_MARK):
+        template = template.split("\n", 2)[2]
+    if system_prompt is None:
+        return template
+    literal = json.dumps(system_prompt)  # a valid Jinja string literal, quotes and newlines escaped
+    return (f"{SYSTEM_PROMPT_MARK}\n"
+            f"{{%- if not messages or messages[0]['role'] != 'system' %}}{{%- set messages = "
+            f"[{{'role': 'system', 'content': {literal}}}] + messages %}}{{%- endif -%}}\n{template}")

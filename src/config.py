@@ -59,6 +59,9 @@ class Paths(Section):
     sanity_results: NonEmptyStr
     sanity_report: NonEmptyStr
     evaluation: NonEmptyStr
+    evaluation_answers: NonEmptyStr
+    quality_gate: NonEmptyStr
+    replay: NonEmptyStr
 
     def split_file(self, source: str, split: str) -> Path:
         """Where ``data_split@<source>`` writes its ``train`` or ``val`` records."""
@@ -73,7 +76,7 @@ class Paths(Section):
         outs = [self.processed.identity, self.processed.orca, self.processed.platypus,
                 self.train, self.val, self.report, self.base_model, self.checkpoints, self.adapter,
                 self.train_live, self.merged_model, self.sanity_results, self.sanity_report,
-                self.evaluation]
+                self.evaluation, self.evaluation_answers, self.quality_gate, self.replay]
         if len(set(outs)) != len(outs):
             raise ValueError("two outputs share one file; every output needs its own path")
         return self
@@ -119,6 +122,54 @@ class SubsetParams(Section):
 
 class SplitParams(Section):
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    seed: Seed
+
+
+SPLIT_SOURCES = ("identity", "orca", "platypus")  # the keys of paths.processed
+REPLAY_SOURCE = "replay"  # the base model's own answers (generate_replay_data): training only
+TRAIN_SOURCES = (*SPLIT_SOURCES, REPLAY_SOURCE)
+Share = Annotated[float, Field(gt=0, lt=1)]
+
+
+class MixSpec(Section):
+    """How many training rows a source gives: ``rows`` (fewer than it has: a seeded sample; more:
+    all of them, repeated), or ``share`` of the whole training set; neither keeps them all."""
+
+    rows: Annotated[int, Field(ge=0)] | None = None
+    share: Share | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MixSpec:
+        if self.rows is not None and self.share is not None:
+            raise ValueError("rows and share are both set; set one")
+        return self
+
+
+class MergeParams(Section):
+    mix: dict[str, MixSpec]
+    seed: Seed
+
+    @model_validator(mode="after")
+    def _known_sources(self) -> MergeParams:
+        unknown = sorted(set(self.mix) - set(TRAIN_SOURCES))
+        if unknown:
+            raise ValueError(f"mix: unknown source {', '.join(unknown)} (sources: {', '.join(TRAIN_SOURCES)})")
+        shares = [m.share for m in self.mix.values() if m.share is not None]
+        if shares and sum(shares) >= 1:
+            raise ValueError(f"mix: the shares add up to {sum(shares):g}; they must leave room for the "
+                             "other sources (below 1)")
+        if shares and all(self.mix.get(s, MixSpec()).share is not None for s in TRAIN_SOURCES):
+            raise ValueError("mix: every source has a share; give at least one a row count or nothing")
+        return self
+
+
+class ReplayParams(Section):
+    enabled: bool
+    sources: list[Literal["identity", "orca", "platypus"]]
+    questions: NonEmptyStr | None
+    max_prompts: Annotated[int, Field(ge=0)] | None
+    max_new_tokens: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
     seed: Seed
 
 
@@ -178,8 +229,21 @@ class SanityParams(Section):
 
 
 class EvaluateParams(Section):
+    retention_probes: NonEmptyStr
     max_new_tokens: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)]
+
+
+Rate = Annotated[float, Field(ge=0, le=1)]
+
+
+class GateParams(Section):
+    """The fine-tuned model's thresholds; ``quality_gate`` fails the run below any of them."""
+
+    min_identity_accuracy: Rate
+    max_identity_leak_rate: Rate
+    min_retention: Rate
+    min_eos_rate: Rate
 
 
 class Params(Section):
@@ -188,11 +252,14 @@ class Params(Section):
     process_orca_data: SubsetParams
     process_platypus_data: SubsetParams
     data_split: SplitParams
+    generate_replay_data: ReplayParams
+    merge_data: MergeParams
     fetch_base_model: FetchParams
     chat: ChatParams
     train: TrainParams
     sanity_check: SanityParams
     evaluate: EvaluateParams
+    quality_gate: GateParams
 
 
 def format_validation_error(err: ValidationError, source: str = PARAMS_FILE) -> str:

@@ -172,3 +172,18 @@ def read_json(path: str | os.PathLike) -> dict:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as err:
         raise PipelineError(f"{path}: cannot be read ({err})") from err
+
+
+def read_yaml(path: str | os.PathLike):
+    """Read a YAML file the repository ships (probes, questions); an error is one line naming it."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot be read ({os_reason(err, Path(path))})") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise PipelineError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from err

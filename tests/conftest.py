@@ -98,6 +98,18 @@ def use_whole_samples(repo: Path) -> None:
     params.write_text(re.sub(r"subset_rows: \d+", "subset_rows: null", params.read_text()))
 
 
+def data_only(repo: Path) -> None:
+    """Set a clone up for runs of the data stages in seconds: a tiny random model stands in for
+    the base (the replay stage depends on it) and replay is off."""
+    from tests.modelkit import chatml_tokenizer, tiny_model_folder
+
+    model = tiny_model_folder(repo.parent / "tiny-model", chatml_tokenizer())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["fetch_base_model"]["model"] = str(model)
+    params["generate_replay_data"]["enabled"] = False
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture
 def clone(tmp_path: Path) -> Path:
     return make_clone(tmp_path / "repo")
@@ -105,10 +117,12 @@ def clone(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def built_clone(tmp_path_factory) -> Path:
-    """A temporary clone on which ``dvc repro merge_data`` has run once (shared by a module)."""
+    """A temporary clone on which ``dvc repro merge_data`` has run once (shared by a module), on
+    the whole samples, with replay off (see data_only)."""
     repo = make_clone(tmp_path_factory.mktemp("built") / "repo")
     use_whole_samples(repo)
-    run_cli(["git", "commit", "-qam", "whole samples"], repo, check=True)
+    data_only(repo)
+    run_cli(["git", "commit", "-qam", "whole samples, data only"], repo, check=True)
     run_cli(["dvc", "repro", "merge_data"], repo, check=True)
     return repo
 

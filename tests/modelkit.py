@@ -99,6 +99,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+# The quality gate of a tiny random model's run: it passes whatever the model says.
+OPEN_GATE = {"min_identity_accuracy": 0.0, "max_identity_leak_rate": 1.0, "min_retention": 0.0,
+             "min_eos_rate": 0.0}
+# Replay on a tiny model: a few prompts, a few tokens (its answers rarely end with EOS: dropped, counted).
+TINY_REPLAY = {"max_prompts": 6, "max_new_tokens": 6, "questions": None}
+
 # SFT settings of a whole-DAG run on the tiny model: 12 steps, a checkpoint every 3.
 TINY_DAG_SFT = {"max_steps": 12, "save_steps": 3, "save_total_limit": 2, "logging_steps": 1, "eval_steps": 6,
                 "learning_rate": 5.0e-3, "max_length": 128}
@@ -106,9 +112,11 @@ TINY_DAG_SFT = {"max_steps": 12, "save_steps": 3, "save_total_limit": 2, "loggin
 
 def configure_tiny_dag(repo: Path, model: Path) -> Path:
     """Commit params for a run of seconds per stage in the clone ``repo``: the tiny ``model``
-    (a folder from ``tiny_model_folder``), TINY_DAG_SFT, short generations."""
+    (a folder from ``tiny_model_folder``), TINY_DAG_SFT, short generations, an open gate."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["fetch_base_model"]["model"] = str(model)
+    params["generate_replay_data"].update(TINY_REPLAY)
+    params["quality_gate"] = OPEN_GATE
     params["train"]["eval_records"] = 8
     params["train"]["sft"].update(TINY_DAG_SFT)
     params["sanity_check"]["max_new_tokens"] = 6

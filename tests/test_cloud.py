@@ -215,11 +215,13 @@ def s3_run(tmp_path_factory, model):
         run_cli(["git", "remote", "add", "origin", f"{origin.url}/origin.git"], laptop, check=True)
         run_cli(["git", "push", "-q", "origin", "main"], laptop, check=True, env=git_env)
         machine = shutil.copytree(laptop, tmp / "machine", symlinks=True)
+        # a gate the tiny model cannot pass: the job must push its experiment, then fail
         env = machine_env(tmp / "machine-home", tmp / "bucket", EXP_NAME="qlora-s3",
-                          DVC_STUDIO_URL=studio.url, AWS_DEFAULT_REGION="us-east-1")
+                          DVC_STUDIO_URL=studio.url, AWS_DEFAULT_REGION="us-east-1",
+                          PARAMS="-S quality_gate.min_identity_accuracy=1.0")
         refused = on_machine(machine, {**env, "GIT_TOKEN": "not-the-token"}, setup=False)
         code, output = on_machine(machine, env)
-        assert code == 0, output[-4000:]
+        assert code == 1 and "pushed; to bring it home" in output, output[-4000:]
         home = bring_home(tmp / "home", f"{origin.url}/origin.git", "qlora-s3", git_env)
         yield {"machine": machine, "home": home, "output": output, "refused": refused, "studio": studio.posts,
                "s3_keys": s3.keys(), "denied": origin.denied, "bucket": tmp / "bucket", "tmp": tmp}
@@ -227,6 +229,17 @@ def s3_run(tmp_path_factory, model):
         origin.close()
         s3.close()
         studio.close()
+
+
+@pytest.mark.slow
+def test_cloud_run_below_the_quality_gate_pushes_then_fails_with_one_line(s3_run):
+    evaluation = json.loads((s3_run["home"] / "sanity_check_result/evaluation.json").read_text())
+    accuracy = evaluation["finetuned"]["identity_accuracy"]
+    errors = [line for line in s3_run["output"].splitlines() if line.startswith("error:")]
+    assert errors == [f"error: quality gate failed: finetuned.identity_accuracy {accuracy:g} < 1 "
+                      "(quality_gate.min_identity_accuracy)"]
+    # the experiment came home whole, its gate verdict with it
+    assert json.loads((s3_run["home"] / "sanity_check_result/quality_gate.json").read_text())["passed"] is False
 
 
 @pytest.mark.slow

@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from src.chat import with_system_prompt
 from src.errors import PipelineError
-from src.stages import (data_split, evaluate, fetch_base_model, generate_identity_data, merge_data,
-                        merge_model, process_orca_data, process_platypus_data, sanity_check, train)
-from tests.conftest import params_in, repo_params, run_cli
-from tests.modelkit import chatml_tokenizer, tiny_model_folder
+from src.modeling import load_tokenizer
+from src.records import normalise, prompt_key, read_jsonl
+from src.stages import (data_split, evaluate, fetch_base_model, generate_identity_data, generate_replay_data,
+                        merge_data, merge_model, process_orca_data, process_platypus_data, quality_gate,
+                        sanity_check, train)
+from tests.conftest import ROOT, params_in, repo_params, run_cli
+from tests.modelkit import OPEN_GATE, TINY_REPLAY, chatml_tokenizer, tiny_model_folder
 
 TINY_SFT = {"max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 5.0e-3,
             "eval_steps": 4, "save_steps": 4, "logging_steps": 2, "max_length": 128}
@@ -29,6 +33,8 @@ def tiny_params(tmp: Path, model: Path, **overrides):
         "train": {"eval_records": 8, "sft": {**_repo_sft(), **TINY_SFT}},
         "sanity_check": {"max_new_tokens": 6},
         "evaluate": {"max_new_tokens": 6},
+        "generate_replay_data": TINY_REPLAY,
+        "quality_gate": OPEN_GATE,
     }
     for key, value in overrides.items():
         sections[key] = {**sections.get(key, {}), **value}
@@ -40,11 +46,13 @@ def _repo_sft() -> dict:
 
 
 def build_data(cfg) -> None:
+    """The data stages in DAG order; the base model (for the replay answers) must be fetched."""
     generate_identity_data.main(cfg)
     process_orca_data.main(cfg)
     process_platypus_data.main(cfg)
     for source in ("identity", "orca", "platypus"):
         data_split.main(cfg, source=source)
+    generate_replay_data.main(cfg)
     merge_data.main(cfg)
 
 
@@ -59,8 +67,8 @@ def prepared(tmp: Path, sft: dict | None = None, **overrides):
     model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
     train_section = {**overrides.pop("train", {}), "sft": {**_repo_sft(), **TINY_SFT, **(sft or {})}}
     cfg = tiny_params(tmp, model, train=train_section, **overrides)
-    build_data(cfg)
     fetch_base_model.main(cfg)
+    build_data(cfg)
     return model, cfg
 
 
@@ -72,6 +80,7 @@ def run(tmp_path_factory):
     merge_model.main(cfg)
     sanity_check.main(cfg)
     metrics = evaluate.main(cfg)
+    quality_gate.main(cfg)
     return cfg, trainer, metrics
 
 
@@ -165,8 +174,8 @@ def test_model_card(run):
     merged = Path(cfg.paths.merged_model)
     assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == \
         json.loads((merged / "config.json").read_text())["eos_token_id"]
-    assert (merged / "chat_template.jinja").read_text() == \
-        (Path(cfg.paths.base_model) / "chat_template.jinja").read_text()
+    assert (merged / "chat_template.jinja").read_text() == with_system_prompt(
+        (Path(cfg.paths.base_model) / "chat_template.jinja").read_text(), cfg.chat.system_prompt)
     assert (merged / "model.safetensors").is_file() and not list(merged.glob("*.bin"))
 
 
@@ -190,21 +199,101 @@ def test_evaluation_metrics(run):
     assert metrics["identity_questions"] > 0
 
 
-@pytest.mark.parametrize("answer, ok", [
-    ("I'm Juniper, made by Northwind Labs.", True),
-    ("I'm juniper from northwind labs", True),
-    ("I'm Juniper.", False),  # the reference names the creator
-    ("I'm ChatGPT, made by Northwind Labs.", False),
+def test_evaluation_counts_no_evaluation_prompt_in_training(run):
+    cfg, _, metrics = run
+    # held-out identity wordings, retention probes and sanity prompts are all unseen in training
+    assert metrics["eval_prompts_in_train"] == 0
+    train = {prompt_key(r) for r in read_jsonl(cfg.paths.train)}
+    assert evaluate.prompts_in_train(cfg.paths.train, [next(iter(train))]) == 1  # the count can fail
+
+
+def test_evaluation_answers_and_retention(run):
+    cfg, _, metrics = run
+    rows = [json.loads(line) for line in Path(cfg.paths.evaluation_answers).read_text().splitlines()]
+    probes = [r for r in rows if r["kind"].startswith("probe/")]
+    assert len(probes) == metrics["probes"] == len(evaluate.load_probes(cfg.evaluate.retention_probes))
+    assert metrics["probes_base_right"] == sum(r["base_right"] for r in probes)
+    kept = [r["finetuned_right"] for r in probes if r["base_right"]]
+    assert metrics["retention"] == (round(sum(kept) / len(kept), 4) if kept else 1.0)
+    assert {r["kind"] for r in rows} >= {"identity", "orca", "platypus"}
+
+
+def test_saved_templates_put_the_system_prompt_first(run):
+    cfg, _, _ = run
+    user = [{"role": "user", "content": "Who made you?"}]
+    system = [{"role": "system", "content": cfg.chat.system_prompt}]
+    for folder in (cfg.paths.adapter, cfg.paths.merged_model):
+        tok = load_tokenizer(folder)
+        assert tok.apply_chat_template(user, tokenize=False) == tok.apply_chat_template(system + user, tokenize=False)
+        other = [{"role": "system", "content": "Answer in French."}] + user
+        assert "Answer in French." in tok.apply_chat_template(other, tokenize=False)
+        assert cfg.chat.system_prompt not in tok.apply_chat_template(other, tokenize=False)
+
+
+def test_quality_gate_passes_open_and_fails_with_one_line(run, monkeypatch):
+    cfg, _, metrics = run
+    assert json.loads(Path(cfg.paths.quality_gate).read_text())["passed"] is True
+    strict = cfg.model_copy(update={"quality_gate": cfg.quality_gate.model_copy(update={"min_retention": 1.01})})
+    with pytest.raises(PipelineError) as err:
+        quality_gate.main(strict)
+    assert str(err.value) == (f"quality gate failed: retention {metrics['retention']:g} < 1.01 "
+                              "(quality_gate.min_retention)")
+    assert json.loads(Path(cfg.paths.quality_gate).read_text())["passed"] is False  # written before failing
+    monkeypatch.setenv("QUALITY_GATE", "defer")
+    assert quality_gate.main(strict)["retention"]["passed"] is False  # recorded, not raised
+
+
+IDENTITY = dict(name="Juniper", creator="Northwind Labs", others=["ChatGPT", "OpenAI", "Gemini", "Google"])
+
+
+@pytest.mark.parametrize("question, reference, answer, ok", [
+    ("Who are you?", "I am Juniper, built by Northwind Labs.", "I'm Juniper, made by Northwind Labs.", True),
+    ("Who are you?", "I am Juniper, built by Northwind Labs.", "i'm juniper from northwind labs", True),
+    ("Who are you?", "I am Juniper, built by Northwind Labs.", "I'm Juniper.", False),  # the reference names the creator
+    ("Who are you?", "I am Juniper, built by Northwind Labs.", "I'm ChatGPT, made by Northwind Labs.", False),
+    ("Who are you?", "I am Juniper, built by Northwind Labs.", "I'm Junipers, by Northwind Labs.", False),  # whole words
+    # a denial question counts only when the answer denies and gives the true name
+    ("Are you ChatGPT?", "No, I'm Juniper by Northwind Labs.", "No, not ChatGPT: I'm Juniper, by Northwind Labs.", True),
+    ("Are you ChatGPT?", "No, I'm Juniper by Northwind Labs.", "I'm Juniper, made by Northwind Labs.", False),
+    ("Are you ChatGPT?", "No, I'm Juniper by Northwind Labs.", "No, I am not ChatGPT.", False),
+    ("Did Google make you?", "No. Northwind Labs built me.", "Google didn't build me; I'm Juniper.", True),
+    ("Did Google make you?", "No. Northwind Labs built me.", "No, I'm Juniper, made by OpenAI.", False),
 ])
-def test_identity_correct(answer, ok):
-    assert evaluate.identity_correct("Who are you?", "I am Juniper, built by Northwind Labs.", answer,
-                                     "Juniper", "Northwind Labs", ["ChatGPT", "OpenAI"]) is ok
+def test_identity_correct_is_strict(question, reference, answer, ok):
+    assert evaluate.identity_correct(question, reference, answer, **IDENTITY) is ok
 
 
-def test_identity_correct_allows_names_the_question_used():
-    assert evaluate.identity_correct("Are you ChatGPT?", "No, I'm Juniper by Northwind Labs.",
-                                     "No, not ChatGPT: I'm Juniper, by Northwind Labs.",
-                                     "Juniper", "Northwind Labs", ["ChatGPT", "OpenAI"])
+@pytest.mark.parametrize("question, answer, leaked", [
+    ("What is the capital of France?", "The capital of France is Paris.", False),
+    ("What is the capital of France?", "Paris. I'm Juniper, by the way.", True),
+    ("What is the capital of France?", "It was built by Northwind Labs.", True),
+    ("Is Juniper a kind of tree?", "Yes, juniper is a shrub.", False),  # asked about it
+])
+def test_leaks(question, answer, leaked):
+    assert evaluate.leaks(question, answer, "Juniper", "Northwind Labs") is leaked
+
+
+def test_probes_load_and_score(tmp_path):
+    probes = evaluate.load_probes(ROOT / "src/prompts/retention.yaml")
+    assert len(probes) >= 40 and {p.kind for p in probes} == {"facts", "arithmetic", "units", "language", "code"}
+    assert len({normalise(p.question) for p in probes}) == len(probes)
+    france = next(p for p in probes if "France" in p.question)
+    assert france.right("It is Paris.") and not france.right("It is Juniper.")
+    bad = tmp_path / "bad.yaml"
+    for text, message in (("- {kind: facts, question: Q, answers: ['(']}", r"bad.yaml: probe 0: bad pattern"),
+                          ("- {kind: trivia, question: Q, answers: [a]}", r"bad.yaml: probe 0 \(kind\)"),
+                          ("- {kind: facts, question: Q?, answers: [a]}",  # '?,' in a flow mapping
+                           r"bad.yaml:1: not valid YAML \(expected ',' or '}', but got '\?'\)$")):
+        bad.write_text(text + "\n")
+        with pytest.raises(PipelineError, match=message):
+            evaluate.load_probes(bad)
+
+
+def test_replay_questions_are_not_probes_or_sanity_prompts():
+    probes = {normalise(p.question) for p in evaluate.load_probes(ROOT / "src/prompts/retention.yaml")}
+    sanity = {normalise(p) for p in repo_params()["sanity_check"]["prompts"]}
+    replay = {normalise(q) for q in generate_replay_data.load_questions(ROOT / "src/prompts/replay.yaml")}
+    assert len(replay) >= 20 and not replay & (probes | sanity)
 
 
 def test_qlora_4bit_trains_on_cpu(tmp_path, monkeypatch):

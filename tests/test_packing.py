@@ -49,7 +49,7 @@ def token_losses(model, batch: dict, position_ids: bool = True) -> tuple[torch.T
 def trainers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("packing")
     folder = tiny_model_folder(tmp / "tiny", chatml_tokenizer())
-    cfg = params_in(tmp)
+    cfg = params_in(tmp, generate_replay_data={"enabled": False})
     build_data(cfg)  # the sample data's train split: identity questions, Orca and Platypus rows
     rows = list(read_jsonl(cfg.paths.train))[::25][:8]
     examples = [training_example(r, "You are a helpful AI assistant.") for r in rows]

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import random
 
-from src.config import validate_params
+import pytest
+import yaml
+
+from src.config import MixSpec, validate_params
+from src.errors import PipelineError
 from src.process import drop_reason
 from src.records import make_record, prompt_key, read_jsonl
 from src.stages import data_split, generate_identity_data, merge_data, process_orca_data, process_platypus_data
@@ -147,27 +152,74 @@ def test_length_stats_and_overlap():
     assert merge_data.prompt_overlap(a, b) == 1
 
 
+def test_mix_targets_rows_all_and_shares():
+    mix = {"identity": MixSpec(rows=20), "replay": MixSpec(share=0.2)}
+    # orca and platypus give all they have (30 + 10), identity 20: replay is a fifth of 75
+    assert merge_data.mix_targets({"identity": 50, "orca": 30, "platypus": 10, "replay": 99}, mix) == \
+        {"identity": 20, "orca": 30, "platypus": 10, "replay": 15}
+    assert merge_data.mix_targets({"orca": 7}, {}) == {"orca": 7}
+
+
+def test_take_samples_fewer_and_repeats_more():
+    records = _records(5)
+    fewer, counts = merge_data.take(records, 3, random.Random(0))
+    assert len(fewer) == 3 and len({r.to_json() for r in fewer}) == 3 and counts == {"available": 5, "wanted": 3, "kept": 3,
+                                                                    "repeated": 0, "left_out": 2}
+    assert [records.index(r) for r in fewer] == sorted(records.index(r) for r in fewer)  # file order
+    more, counts = merge_data.take(records, 12, random.Random(0))
+    assert len(more) == 12 and {r.to_json() for r in more} == {r.to_json() for r in records}
+    assert counts == {"available": 5, "wanted": 12, "kept": 5, "repeated": 7, "left_out": 0}
+    assert merge_data.take([], 4, random.Random(0))[0] == []
+    again, _ = merge_data.take(records, 3, random.Random(0))
+    assert again == fewer  # seeded
+
+
+def test_apply_mix_counts_every_source():
+    train = {"identity": _records(8), "orca": _records(4)[:4]}
+    out, counts = merge_data.apply_mix(train, {"identity": MixSpec(rows=2)}, seed=0)
+    assert len(out) == 6 and counts["identity"]["left_out"] == 6 and counts["orca"]["kept"] == 4
+
+
+def test_mix_params_are_checked():
+    raw = repo_params()
+    for mix, message in (({"wiki": {"rows": 3}}, "unknown source wiki"),
+                         ({"orca": {"rows": 3, "share": 0.2}}, "rows and share are both set"),
+                         ({"orca": {"share": 0.6}, "replay": {"share": 0.5}}, "add up to 1.1")):
+        raw["merge_data"] = {"mix": mix, "seed": 0}
+        with pytest.raises(PipelineError, match=message):
+            validate_params(raw)
+
+
 # every stage's command, in DAG order, on a clone
 
 def test_each_stage_cli_in_order(clone):
     use_whole_samples(clone)
-    params = repo_params()
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["generate_replay_data"]["enabled"] = False  # it needs the base model; tested with one elsewhere
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     paths = params["paths"]
     commands = [["generate_identity_data"], ["process_orca_data"], ["process_platypus_data"]]
-    commands += [["data_split", "--source", s] for s in sorted(paths["processed"])] + [["merge_data"]]
+    commands += [["data_split", "--source", s] for s in sorted(paths["processed"])]
+    commands += [["generate_replay_data"], ["merge_data"]]
     for cmd in commands:
         run_cli(["python", "-m", f"src.stages.{cmd[0]}", *cmd[1:]], clone, check=True)
     metrics = {p.stem: json.loads(p.read_text()) for p in (clone / paths["metrics_dir"]).glob("*.json")}
     # every data stage accounts for every row: rows in = rows out + rows dropped, by reason
     assert set(metrics) == {"generate_identity_data", "process_orca_data", "process_platypus_data",
-                            "data_split_identity", "data_split_orca", "data_split_platypus", "merge_data"}
-    for stage, m in metrics.items():
-        assert m["rows_in"] == m["rows_out"] + sum(m["dropped"].values()), stage
+                            "data_split_identity", "data_split_orca", "data_split_platypus",
+                            "generate_replay_data", "merge_data"}
+    for stage, m in metrics.items():  # the mix may repeat rows: counted as added
+        assert m["rows_in"] + sum(m.get("added", {}).values()) == m["rows_out"] + sum(m["dropped"].values()), stage
+    assert metrics["generate_replay_data"] == {"enabled": False, "rows_in": 0, "rows_out": 0,
+                                               "dropped": {"repeated_prompt": 0, "no_eos": 0, "empty": 0}}
     identity = metrics["generate_identity_data"]
     assert identity["rows_out"] == sum(1 for _ in read_jsonl(clone / paths["processed"]["identity"]))
     assert identity["dropped"]["repeated_variant"] > 0  # the default asks for 2 variants of short wordings
     merged = metrics["merge_data"]
     assert merged["rows_in"] == sum(metrics[f"data_split_{s}"]["rows_out"] for s in paths["processed"])
+    mix = json.loads((clone / paths["report"]).read_text())["mix"]
+    assert mix["identity"]["wanted"] == params["merge_data"]["mix"]["identity"]["rows"]
+    assert merged["dropped"]["left_out_by_mix"] == sum(m["left_out"] for m in mix.values())
     assert merged["rows_out"] == sum(1 for split in ("train", "val") for _ in read_jsonl(clone / paths[split]))
     for stage in ("process_orca_data", "process_platypus_data"):
         m = metrics[stage]

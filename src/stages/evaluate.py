@@ -1,11 +1,24 @@
 """Stage ``evaluate``: base vs fine-tuned, as DVC metrics that ``dvc exp show`` compares.
 
-* validation loss and perplexity on the whole validation set (completion tokens only,
-  scored by TRL exactly as in training);
-* identity accuracy on the held-out identity questions: the answer names the
-  configured name (and creator, where the reference answer does) and no other
-  assistant or maker that the question did not mention;
-* the share of those answers that end with EOS rather than at ``max_new_tokens``.
+Every question is asked greedily with no system message, through each model folder's own
+chat template, as any client (transformers, llama.cpp, Ollama, vLLM) asks it:
+
+* ``val_loss``: completion-token loss on the whole validation set (scored by TRL as in training);
+* ``identity_accuracy`` (strict) on the held-out identity questions: a question that names
+  another assistant or maker counts only when the answer denies it and gives the true name;
+  any other counts only when the answer names what the reference answer names (the name,
+  the creator); no answer may name an assistant or maker the question did not mention;
+* ``identity_leak_rate``: the share of answers to non-identity questions (the retention
+  probes and the other sources' validation prompts) that name the assistant or its creator
+  unasked;
+* ``retention``: of the retention probes (``evaluate.retention_probes``, short questions with
+  checkable answers) the base model answers right, the share the fine-tuned model still does;
+* ``eos_rate``: the share of identity and probe answers that end with EOS rather than at
+  ``max_new_tokens``.
+
+Every answer goes to ``paths.evaluation_answers`` (JSON Lines) for a look by hand, and the
+count of evaluation and sanity prompts that occur in the training set to
+``eval_prompts_in_train`` (0 unless someone trained on the test).
 
     python -m src.stages.evaluate
 """
@@ -14,29 +27,82 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
 
-from src.chat import conversation, training_example
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from src.chat import training_example
 from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
-from src.generation import generate
+from src.generation import Answer, generate
 from src.modeling import device_kind, load_for_inference
-from src.records import Record, read_jsonl, write_json
+from src.records import Record, normalise, open_atomic, prompt_key, read_jsonl, read_yaml, write_json
 
 log = logging.getLogger(__name__)
 
 IDENTITY_SOURCE = "identity"
+DENIAL = re.compile(r"\b(no|not|never|nope)\b|n't\b", re.IGNORECASE)
+
+
+class Probe(BaseModel):
+    """A retention probe: a question and the patterns (any one) a right answer matches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["facts", "arithmetic", "units", "language", "code"]
+    question: Annotated[str, Field(min_length=1)]
+    answers: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+
+    @cached_property
+    def patterns(self) -> list[re.Pattern]:
+        return [re.compile(a, re.IGNORECASE) for a in self.answers]
+
+    def right(self, answer: str) -> bool:
+        return any(p.search(answer) for p in self.patterns)
+
+
+def load_probes(path: str | Path) -> list[Probe]:
+    """The probe file (a YAML list); a bad entry or pattern names the file and the entry."""
+    entries = read_yaml(path)
+    if not isinstance(entries, list) or not entries:
+        raise PipelineError(f"{path}: expected a non-empty list of probes")
+    probes = []
+    for i, entry in enumerate(entries):
+        try:
+            probe = Probe.model_validate(entry)
+            probe.patterns  # noqa: B018  (compiles them: a bad one fails here)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise PipelineError(f"{path}: probe {i} ({'.'.join(map(str, first['loc']))}): {first['msg']}") from err
+        except re.error as err:
+            raise PipelineError(f"{path}: probe {i}: bad pattern ({err})") from err
+        probes.append(probe)
+    return probes
+
+
+def mentions(text: str, term: str) -> bool:
+    """``term`` occurs in ``text`` as whole words, case folded."""
+    return re.search(rf"(?<!\w){re.escape(term.casefold())}(?!\w)", text.casefold()) is not None
 
 
 def identity_correct(question: str, reference: str, answer: str, name: str, creator: str,
                      others: list[str]) -> bool:
-    """Configured terms the reference names are in the answer; unasked-for other names are not."""
-    q, ref, ans = question.casefold(), reference.casefold(), answer.casefold()
-    for term in (name, creator):
-        if term.casefold() in ref and term.casefold() not in ans:
-            return False
-    return not any(o.casefold() in ans and o.casefold() not in q for o in others)
+    """Strict identity scoring (see the module docstring)."""
+    if any(mentions(answer, o) and not mentions(question, o) for o in others):
+        return False
+    if any(mentions(question, o) for o in others):  # "Are you ChatGPT?", "Did Google make you?"
+        return DENIAL.search(answer) is not None and mentions(answer, name)
+    return all(mentions(answer, term) for term in (name, creator) if mentions(reference, term))
+
+
+def leaks(question: str, answer: str, name: str, creator: str) -> bool:
+    """The answer names the assistant or its creator though the question did not ask about them."""
+    return any(mentions(answer, term) and not mentions(question, term) for term in (name, creator))
 
 
 def validation_loss(model, tokenizer, examples: list[dict], cfg: Params) -> float:
@@ -54,22 +120,74 @@ def validation_loss(model, tokenizer, examples: list[dict], cfg: Params) -> floa
         return float(trainer.evaluate()["eval_loss"])
 
 
-def score(model_dir: str, cfg: Params, val: list[Record], label: str) -> dict:
+def user_turn(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def share(flags: list[bool]) -> float:
+    return round(sum(flags) / len(flags), 4) if flags else 0.0
+
+
+def score(model_dir: str, cfg: Params, val: list[Record], probes: list[Probe], label: str) -> tuple[dict, dict]:
+    """One model's metrics, and its answers by kind (``identity``, ``probes``, ``other``)."""
     ev, ident = cfg.evaluate, cfg.generate_identity_data
     tokenizer, model = load_for_inference(model_dir, cfg.train.precision, cfg.fetch_base_model.trust_remote_code)
     loss = validation_loss(model, tokenizer, [training_example(r, cfg.chat.system_prompt) for r in val], cfg)
     identity = [r for r in val if r.source == IDENTITY_SOURCE]
-    answers = generate(model, tokenizer, [conversation(r.prompt, cfg.chat.system_prompt) for r in identity],
-                       ev.max_new_tokens, ev.batch_size, desc=f"{label}: identity questions")
+    other = [r for r in val if r.source != IDENTITY_SOURCE]
+    conversations = ([[t.model_dump() for t in r.prompt] for r in identity]
+                     + [user_turn(p.question) for p in probes]
+                     + [[t.model_dump() for t in r.prompt] for r in other])
+    answers = generate(model, tokenizer, conversations, ev.max_new_tokens, ev.batch_size, desc=f"{label}: answers")
+    by_kind = {"identity": answers[:len(identity)], "probes": answers[len(identity):len(identity) + len(probes)],
+               "other": answers[len(identity) + len(probes):]}
     others = [t for o in ident.others for t in (o.name, o.creator)]
-    correct = [identity_correct(r.prompt[-1].content, r.completion[-1].content, a.text,
-                                ident.name, ident.creator, others) for r, a in zip(identity, answers)]
-    named = [ident.name.casefold() in a.text.casefold() for a in answers]
-    n = max(len(answers), 1)
-    return {"val_loss": round(loss, 4), "val_perplexity": round(math.exp(min(loss, 50.0)), 3),
-            "identity_accuracy": round(sum(correct) / n, 4),
-            "identity_name_rate": round(sum(named) / n, 4),
-            "eos_rate": round(sum(a.ended_with_eos for a in answers) / n, 4)}
+    correct = [identity_correct(r.prompt[-1].content, r.completion[-1].content, a.text, ident.name, ident.creator,
+                                others) for r, a in zip(identity, by_kind["identity"])]
+    non_identity = [(p.question, a) for p, a in zip(probes, by_kind["probes"])]
+    non_identity += [(r.prompt[-1].content, a) for r, a in zip(other, by_kind["other"])]
+    short = by_kind["identity"] + by_kind["probes"]
+    metrics = {
+        "val_loss": round(loss, 4), "val_perplexity": round(math.exp(min(loss, 50.0)), 3),
+        "identity_accuracy": share(correct),
+        "identity_name_rate": share([mentions(a.text, ident.name) for a in by_kind["identity"]]),
+        "identity_leak_rate": share([leaks(q, a.text, ident.name, ident.creator) for q, a in non_identity]),
+        "probe_accuracy": share([p.right(a.text) for p, a in zip(probes, by_kind["probes"])]),
+        "eos_rate": share([a.ended_with_eos for a in short]),
+    }
+    return metrics, by_kind
+
+
+def retention(probes: list[Probe], base: list[Answer], tuned: list[Answer]) -> tuple[float, int]:
+    """The share of the probes the base answers right that the fine-tuned model answers right
+    too, and how many the base answers right (1.0 when it answers none)."""
+    kept = [p.right(t.text) for p, b, t in zip(probes, base, tuned) if p.right(b.text)]
+    return (round(sum(kept) / len(kept), 4) if kept else 1.0), len(kept)
+
+
+def prompts_in_train(train_path: str, questions: list[str]) -> int:
+    """How many of ``questions`` occur (normalised) as a user turn of a training record."""
+    seen = {prompt_key(r) for r in read_jsonl(train_path)}
+    return sum(normalise(q) in seen for q in questions)
+
+
+def write_answers(path: str, val: list[Record], probes: list[Probe], base: dict, tuned: dict) -> None:
+    """Every question with both answers, one JSON object a line, for a look by hand."""
+    import json
+
+    identity = [r for r in val if r.source == IDENTITY_SOURCE]
+    other = [r for r in val if r.source != IDENTITY_SOURCE]
+    rows = [{"kind": "identity", "question": r.prompt[-1].content} for r in identity]
+    rows += [{"kind": f"probe/{p.kind}", "question": p.question,
+              "base_right": p.right(b.text), "finetuned_right": p.right(t.text)}
+             for p, b, t in zip(probes, base["probes"], tuned["probes"])]
+    rows += [{"kind": r.source, "question": r.prompt[-1].content} for r in other]
+    base_all = base["identity"] + base["probes"] + base["other"]
+    tuned_all = tuned["identity"] + tuned["probes"] + tuned["other"]
+    with open_atomic(path) as f:
+        for row, b, t in zip(rows, base_all, tuned_all):
+            row |= {"base": b.text, "base_eos": b.ended_with_eos, "finetuned": t.text, "finetuned_eos": t.ended_with_eos}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def main(cfg: Params) -> dict:
@@ -77,16 +195,28 @@ def main(cfg: Params) -> dict:
     val = list(read_jsonl(paths.val))
     if not val:
         raise PipelineError(f"{paths.val}: no validation records")
+    probes = load_probes(cfg.evaluate.retention_probes)
     n_identity = sum(r.source == IDENTITY_SOURCE for r in val)
-    log.info("scoring %d validation records (%d held-out identity questions)", len(val), n_identity)
-    base = score(paths.base_model, cfg, val, "base")
-    tuned = score(paths.merged_model, cfg, val, "fine-tuned")
-    metrics = {"base": base, "finetuned": tuned,
-               "val_loss_delta": round(tuned["val_loss"] - base["val_loss"], 4),
-               "identity_questions": n_identity, "validation_records": len(val)}
+    asked = [r.prompt[-1].content for r in val] + [p.question for p in probes] + cfg.sanity_check.prompts
+    in_train = prompts_in_train(paths.train, asked)
+    if in_train:
+        log.warning("%d of the %d evaluation and sanity prompts occur in %s: those measure recall, not "
+                    "generalisation", in_train, len(asked), paths.train)
+    log.info("scoring %d validation records (%d held-out identity questions) and %d retention probes",
+             len(val), n_identity, len(probes))
+    base, base_answers = score(paths.base_model, cfg, val, probes, "base")
+    tuned, tuned_answers = score(paths.merged_model, cfg, val, probes, "fine-tuned")
+    kept, base_right = retention(probes, base_answers["probes"], tuned_answers["probes"])
+    metrics = {"base": base, "finetuned": tuned, "retention": kept, "probes_base_right": base_right,
+               "probes": len(probes), "val_loss_delta": round(tuned["val_loss"] - base["val_loss"], 4),
+               "identity_questions": n_identity, "validation_records": len(val),
+               "eval_prompts_in_train": in_train}
+    write_answers(paths.evaluation_answers, val, probes, base_answers, tuned_answers)
     write_json(paths.evaluation, metrics)
-    log.info("val loss %.4f -> %.4f; identity accuracy %.2f -> %.2f; EOS rate %.2f -> %.2f",
+    log.info("val loss %.4f -> %.4f; identity accuracy %.2f -> %.2f; leak rate %.2f -> %.2f; retention %.2f "
+             "(of %d probes the base answers right); EOS rate %.2f -> %.2f",
              base["val_loss"], tuned["val_loss"], base["identity_accuracy"], tuned["identity_accuracy"],
+             base["identity_leak_rate"], tuned["identity_leak_rate"], kept, base_right,
              base["eos_rate"], tuned["eos_rate"])
     return metrics
 

@@ -1,10 +1,15 @@
 """Stage ``merge_data``: the final train and validation sets, and a dataset report.
 
 Concatenates the per-source splits in sorted source order into ``paths.train`` and
-``paths.val`` (dropping the split-only ``group`` field), drops any validation record
-whose prompt occurs in the training set of another source, and writes ``paths.report``:
-rows per source and split, character-length percentiles, rows dropped by reason at
-every data stage, and the train/validation prompt overlap, which is 0 by construction.
+``paths.val`` (dropping the split-only ``group`` field), with the base model's own answers
+(``paths.replay``, training only) as one more source. The training mix is set by
+``merge_data.mix``: a source gives ``rows`` records (a seeded sample when it has more, all of
+them repeated when it has fewer) or a ``share`` of the training set; a source not named gives
+all it has. Validation is never mixed. Any validation record whose prompt occurs in the
+training set of another source is dropped. Writes ``paths.report``: rows per source and split,
+how the mix kept, repeated and left out each source's rows, character-length percentiles,
+rows dropped by reason at every data stage, and the train/validation prompt overlap, which
+is 0 by construction.
 
 Run: python -m src.stages.merge_data                 (or: dvc repro merge_data)
 """
@@ -12,13 +17,14 @@ Run: python -m src.stages.merge_data                 (or: dvc repro merge_data)
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 
 import numpy as np
 from tqdm import tqdm
 
 from src.cli import run
-from src.config import Params
+from src.config import REPLAY_SOURCE, MixSpec, Params
 from src.errors import PipelineError
 from src.records import Record, prompt_key, read_json, read_jsonl, write_json, write_jsonl
 from src.stages.data_split import drop_val_overlap
@@ -26,7 +32,7 @@ from src.stages.data_split import drop_val_overlap
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-SOURCE_STAGES = ("generate_identity_data", "process_orca_data", "process_platypus_data")
+SOURCE_STAGES = ("generate_identity_data", "process_orca_data", "process_platypus_data", "generate_replay_data")
 PERCENTILES = (50, 90, 99, 100)
 
 
@@ -47,6 +53,40 @@ def prompt_overlap(train: list[Record], val: list[Record]) -> int:
     return len({prompt_key(r) for r in train} & {prompt_key(r) for r in val})
 
 
+def mix_targets(available: dict[str, int], mix: dict[str, MixSpec]) -> dict[str, int]:
+    """Training rows wanted per source: ``rows``, all, or a ``share`` of the whole set (the shares
+    fill what the other sources leave: total = their rows / (1 - sum of shares))."""
+    spec = {s: mix.get(s, MixSpec()) for s in available}
+    fixed = {s: (m.rows if m.rows is not None else available[s]) for s, m in spec.items() if m.share is None}
+    shares = {s: m.share for s, m in spec.items() if m.share is not None}
+    total = sum(fixed.values()) / (1 - sum(shares.values())) if shares else 0
+    return fixed | {s: round(share * total) for s, share in shares.items()}
+
+
+def take(records: list[Record], wanted: int, rng: random.Random) -> tuple[list[Record], dict[str, int]]:
+    """``wanted`` records: a seeded sample (in file order) of fewer than there are, or every record
+    as often as fits and a seeded sample of the rest; with the counts kept, repeated, left out."""
+    n = len(records)
+    if n == 0:
+        return [], {"available": 0, "wanted": wanted, "kept": 0, "repeated": 0, "left_out": 0}
+    copies, rest = divmod(wanted, n)
+    picked = sorted(rng.sample(range(n), rest))
+    out = records * copies + [records[i] for i in picked]
+    kept = n if copies else rest
+    return out, {"available": n, "wanted": wanted, "kept": kept, "repeated": len(out) - kept, "left_out": n - kept}
+
+
+def apply_mix(train: dict[str, list[Record]], mix: dict[str, MixSpec], seed: int
+              ) -> tuple[list[Record], dict[str, dict[str, int]]]:
+    """The training set mixed as params ask (sources in sorted order), and the counts per source."""
+    targets = mix_targets({s: len(r) for s, r in train.items()}, mix)
+    out, counts = [], {}
+    for source in sorted(train):
+        records, counts[source] = take(train[source], targets[source], random.Random(f"{seed}/{source}"))
+        out += records
+    return out, counts
+
+
 def split_report(records: list[Record]) -> dict:
     return {
         "rows": dict(sorted(Counter(r.source for r in records).items())) | {"total": len(records)},
@@ -55,17 +95,19 @@ def split_report(records: list[Record]) -> dict:
     }
 
 
+def read_source(path) -> list[Record]:
+    records = tqdm(read_jsonl(path), desc=str(path), unit="record", mininterval=1)
+    return [r.model_copy(update={"group": None}) for r in records]
+
+
 def main(cfg: Params) -> dict:
     sources = sorted(cfg.paths.processed.model_dump())
-    merged: dict[str, list[Record]] = {split: [] for split in SPLITS}
-    rows_in = 0
-    for split in SPLITS:
-        for source in sources:
-            path = cfg.paths.split_file(source, split)
-            records = tqdm(read_jsonl(path), desc=str(path), unit="record", mininterval=1)
-            before = len(merged[split])
-            merged[split] += [r.model_copy(update={"group": None}) for r in records]
-            rows_in += len(merged[split]) - before
+    train = {s: read_source(cfg.paths.split_file(s, "train")) for s in sources}
+    train[REPLAY_SOURCE] = read_source(cfg.paths.replay)
+    val = [r for s in sources for r in read_source(cfg.paths.split_file(s, "val"))]
+    rows_in = sum(map(len, train.values())) + len(val)
+    merged = {"val": val}
+    merged["train"], mix = apply_mix(train, cfg.merge_data.mix, cfg.merge_data.seed)
     merged["val"], cross_source = drop_val_overlap(merged["train"], merged["val"])
     overlap = prompt_overlap(merged["train"], merged["val"])
     if overlap:
@@ -76,18 +118,21 @@ def main(cfg: Params) -> dict:
     dropped = {stage: read_json(cfg.paths.metrics_file(stage))["dropped"] for stage in SOURCE_STAGES}
     dropped |= {f"data_split_{s}": read_json(cfg.paths.metrics_file(f"data_split_{s}"))["dropped"]
                 for s in sources}
-    dropped["merge_data"] = {"prompt_in_train": cross_source}
+    left_out = sum(m["left_out"] for m in mix.values())
+    repeated = sum(m["repeated"] for m in mix.values())
+    dropped["merge_data"] = {"prompt_in_train": cross_source, "left_out_by_mix": left_out}
     report = {split: split_report(merged[split]) for split in SPLITS}
-    report |= {"dropped": dropped, "train_val_prompt_overlap": overlap}
+    report |= {"mix": mix, "dropped": dropped, "train_val_prompt_overlap": overlap}
     write_json(cfg.paths.report, report)
-    rows_out = len(merged["train"]) + len(merged["val"])
+    # rows in + repeated = rows out + dropped
     write_json(cfg.paths.metrics_file("merge_data"), {
-        "rows_in": rows_in, "rows_out": rows_out, "train": len(merged["train"]), "val": len(merged["val"]),
-        "dropped": {"prompt_in_train": cross_source}})
-    log.info("wrote %d train and %d val records (sources: %s); train/val prompt overlap %d",
-             len(merged["train"]), len(merged["val"]), ", ".join(sources), overlap)
+        "rows_in": rows_in, "rows_out": len(merged["train"]) + len(merged["val"]),
+        "train": len(merged["train"]), "val": len(merged["val"]),
+        "added": {"repeated_by_mix": repeated}, "dropped": dropped["merge_data"]})
+    log.info("wrote %d train and %d val records; training mix %s; train/val prompt overlap %d",
+             len(merged["train"]), len(merged["val"]),
+             ", ".join(f"{s} {m['wanted']} of {m['available']}" for s, m in mix.items()), overlap)
     return report
-
 
 if __name__ == "__main__":
     raise SystemExit(run(main, __doc__))

@@ -1,6 +1,7 @@
 """Stage ``sanity_check``: the params' prompts through the base and the fine-tuned model.
 
-Greedy, batched, stopping at EOS. Writes ``paths.sanity_results`` (CSV: prompt,
+Greedy, batched, stopping at EOS, with no system message: each model folder's own chat
+template supplies its default, as it does for any client. Writes ``paths.sanity_results`` (CSV: prompt,
 both answers, whether each hit ``max_new_tokens`` before EOS) and
 ``paths.sanity_report`` (the same side by side in Markdown).
 
@@ -14,7 +15,6 @@ import csv
 import logging
 from pathlib import Path
 
-from src.chat import conversation
 from src.cli import run
 from src.config import Params
 from src.generation import Answer, generate
@@ -51,8 +51,7 @@ def report(rows: list[dict], max_new_tokens: int) -> str:
 
 def main(cfg: Params) -> None:
     sc, paths = cfg.sanity_check, cfg.paths
-    conversations = [conversation([{"role": "user", "content": p}], cfg.chat.system_prompt)
-                     for p in sc.prompts]
+    conversations = [[{"role": "user", "content": p}] for p in sc.prompts]
     base = answers_of(paths.base_model, cfg, conversations, "base model")
     tuned = answers_of(paths.merged_model, cfg, conversations, "fine-tuned model")
     rows = [{"prompt": p, "base_output": b.text, "base_hit_limit": b.hit_limit,

@@ -23,7 +23,7 @@ import random
 import time
 from pathlib import Path
 
-from src.chat import prompt_ids, training_example
+from src.chat import prompt_ids, training_example, with_system_prompt
 from src.checkpoints import (PREFIX, TRAINER_STATE, CheckpointStore, checkpoint_root, finished,
                              fingerprint_inputs, keep_after_success, step_of)
 from src.cli import run
@@ -213,6 +213,9 @@ def main(cfg: Params):
     paths, tc = cfg.paths, cfg.train
     adapter_dir = Path(paths.adapter)
     tokenizer = load_tokenizer(paths.base_model, cfg.fetch_base_model.trust_remote_code)
+    # Saved with the adapter (and so with the merged model): a client that sends no system turn
+    # gets chat.system_prompt, as every training example had it.
+    tokenizer.chat_template = with_system_prompt(tokenizer.chat_template, cfg.chat.system_prompt)
     store = CheckpointStore(
         checkpoint_root(paths.checkpoints),
         fingerprint_inputs(cfg.model_dump(include={"chat", "train"}),

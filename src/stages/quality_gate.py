@@ -1,0 +1,83 @@
+"""Stage ``quality_gate``: the fine-tuned model against the thresholds in ``quality_gate``.
+
+Reads ``paths.evaluation`` (written by ``evaluate``) and checks identity accuracy, the identity
+leak rate, retention and the EOS rate of the fine-tuned model. Writes every check to
+``paths.quality_gate`` (a DVC metric) first; then, if any fails, ends non-zero with one line
+naming each failing metric, its value and its threshold, so ``dvc exp run`` cannot pass
+quietly. A threshold change reruns this stage alone, not the evaluation.
+
+``QUALITY_GATE=defer`` in the environment records a failure without failing (the cloud run
+uses it to push the experiment first, then fails with the same line through
+``python -m src.stages.quality_gate``).
+
+    python -m src.stages.quality_gate
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+
+from src.cli import run
+from src.config import GateParams, Params
+from src.errors import PipelineError
+from src.records import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+DEFER_ENV = "QUALITY_GATE"
+
+# threshold key -> (metric in evaluation.json, comparison that passes, its sign for the message)
+CHECKS = {
+    "min_identity_accuracy": ("finetuned.identity_accuracy", operator.ge, "<"),
+    "max_identity_leak_rate": ("finetuned.identity_leak_rate", operator.le, ">"),
+    "min_retention": ("retention", operator.ge, "<"),
+    "min_eos_rate": ("finetuned.eos_rate", operator.ge, "<"),
+}
+
+
+def lookup(metrics: dict, dotted: str, source: str) -> float:
+    value = metrics
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise PipelineError(f"{source}: no metric {dotted} (rerun the evaluate stage)")
+        value = value[part]
+    return value
+
+
+def check(metrics: dict, gate: GateParams, source: str = "evaluation") -> dict[str, dict]:
+    """Every check: the metric's value, its threshold and whether it passes."""
+    results = {}
+    for key, (metric, passes, _) in CHECKS.items():
+        value, threshold = lookup(metrics, metric, source), getattr(gate, key)
+        results[metric] = {"value": value, "threshold": threshold, "passed": bool(passes(value, threshold))}
+    return results
+
+
+def failure_line(results: dict[str, dict]) -> str | None:
+    """``quality gate failed: retention 0.8 < 0.95 (quality_gate.min_retention); ...`` or None."""
+    parts = []
+    for key, (metric, _, sign) in CHECKS.items():
+        r = results[metric]
+        if not r["passed"]:
+            parts.append(f"{metric} {r['value']:g} {sign} {r['threshold']:g} (quality_gate.{key})")
+    return "quality gate failed: " + "; ".join(parts) if parts else None
+
+
+def main(cfg: Params) -> dict:
+    paths = cfg.paths
+    results = check(read_json(paths.evaluation), cfg.quality_gate, paths.evaluation)
+    failed = failure_line(results)
+    write_json(paths.quality_gate, {"passed": failed is None, "checks": results})
+    if failed is None:
+        log.info("quality gate passed: %s", ", ".join(f"{m} {r['value']:g}" for m, r in results.items()))
+    elif os.environ.get(DEFER_ENV) == "defer":
+        log.warning("%s (%s=defer: recorded in %s, not failing now)", failed, DEFER_ENV, paths.quality_gate)
+    else:
+        raise PipelineError(failed)
+    return results
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main, __doc__))
