@@ -212,8 +212,9 @@ def test_evaluation_answers_and_retention(run):
     rows = [json.loads(line) for line in Path(cfg.paths.evaluation_answers).read_text().splitlines()]
     probes = [r for r in rows if r["kind"].startswith("probe/")]
     assert len(probes) == metrics["probes"] == len(evaluate.load_probes(cfg.evaluate.retention_probes))
-    assert metrics["probes_base_right"] == sum(r["base_right"] for r in probes)
-    kept = [r["finetuned_right"] for r in probes if r["base_right"]]
+    assert metrics["probes_base_knows"] == sum(r["base_knows"] for r in probes)
+    assert all(r["base_right"] for r in probes if r["base_knows"])  # known: right both ways
+    kept = [r["finetuned_right"] for r in probes if r["base_knows"]]
     assert metrics["retention"] == (round(sum(kept) / len(kept), 4) if kept else 1.0)
     assert {r["kind"] for r in rows} >= {"identity", "orca", "platypus"}
 

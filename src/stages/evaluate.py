@@ -12,7 +12,12 @@ chat template, as any client (transformers, llama.cpp, Ollama, vLLM) asks it:
   probes and the other sources' validation prompts) that name the assistant or its creator
   unasked;
 * ``retention``: of the retention probes (``evaluate.retention_probes``, short questions with
-  checkable answers) the base model answers right, the share the fine-tuned model still does;
+  checkable answers) the base model knows, the share the fine-tuned model still answers right.
+  The base knows a probe when it answers it right both through its own template and with
+  ``chat.system_prompt`` first (the conversation the fine-tuned model's template builds): an
+  answer that one system prompt wording flips is luck, not knowledge, and losing it is not
+  forgetting (on the default, the base alone kept 0.84 of its own right answers when only its
+  system prompt changed);
 * ``eos_rate``: the share of identity and probe answers that end with EOS rather than at
   ``max_new_tokens``.
 
@@ -35,7 +40,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from src.chat import training_example
+from src.chat import conversation, training_example
 from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
@@ -128,19 +133,25 @@ def share(flags: list[bool]) -> float:
     return round(sum(flags) / len(flags), 4) if flags else 0.0
 
 
-def score(model_dir: str, cfg: Params, val: list[Record], probes: list[Probe], label: str) -> tuple[dict, dict]:
-    """One model's metrics, and its answers by kind (``identity``, ``probes``, ``other``)."""
+def score(model_dir: str, cfg: Params, val: list[Record], probes: list[Probe], label: str,
+          base: bool = False) -> tuple[dict, dict]:
+    """One model's metrics, and its answers by kind (``identity``, ``probes``, ``other``; for the
+    ``base``, also ``probes_system``: the probes asked with ``chat.system_prompt`` first)."""
     ev, ident = cfg.evaluate, cfg.generate_identity_data
     tokenizer, model = load_for_inference(model_dir, cfg.train.precision, cfg.fetch_base_model.trust_remote_code)
     loss = validation_loss(model, tokenizer, [training_example(r, cfg.chat.system_prompt) for r in val], cfg)
     identity = [r for r in val if r.source == IDENTITY_SOURCE]
     other = [r for r in val if r.source != IDENTITY_SOURCE]
-    conversations = ([[t.model_dump() for t in r.prompt] for r in identity]
-                     + [user_turn(p.question) for p in probes]
-                     + [[t.model_dump() for t in r.prompt] for r in other])
-    answers = generate(model, tokenizer, conversations, ev.max_new_tokens, ev.batch_size, desc=f"{label}: answers")
-    by_kind = {"identity": answers[:len(identity)], "probes": answers[len(identity):len(identity) + len(probes)],
-               "other": answers[len(identity) + len(probes):]}
+    asked = {"identity": [[t.model_dump() for t in r.prompt] for r in identity],
+             "probes": [user_turn(p.question) for p in probes],
+             "other": [[t.model_dump() for t in r.prompt] for r in other]}
+    if base and cfg.chat.system_prompt is not None:
+        asked["probes_system"] = [conversation(user_turn(p.question), cfg.chat.system_prompt) for p in probes]
+    answers = generate(model, tokenizer, [c for kind in asked.values() for c in kind], ev.max_new_tokens,
+                       ev.batch_size, desc=f"{label}: answers")
+    by_kind, start = {}, 0
+    for kind, conversations in asked.items():
+        by_kind[kind], start = answers[start:start + len(conversations)], start + len(conversations)
     others = [t for o in ident.others for t in (o.name, o.creator)]
     correct = [identity_correct(r.prompt[-1].content, r.completion[-1].content, a.text, ident.name, ident.creator,
                                 others) for r, a in zip(identity, by_kind["identity"])]
@@ -158,10 +169,17 @@ def score(model_dir: str, cfg: Params, val: list[Record], probes: list[Probe], l
     return metrics, by_kind
 
 
-def retention(probes: list[Probe], base: list[Answer], tuned: list[Answer]) -> tuple[float, int]:
-    """The share of the probes the base answers right that the fine-tuned model answers right
-    too, and how many the base answers right (1.0 when it answers none)."""
-    kept = [p.right(t.text) for p, b, t in zip(probes, base, tuned) if p.right(b.text)]
+def known(probes: list[Probe], base: dict[str, list[Answer]]) -> list[bool]:
+    """Per probe, whether the base knows it: right through its own template, and right with
+    ``chat.system_prompt`` too where one is set."""
+    ways = [base["probes"]] + ([base["probes_system"]] if "probes_system" in base else [])
+    return [all(p.right(answers[i].text) for answers in ways) for i, p in enumerate(probes)]
+
+
+def retention(probes: list[Probe], known: list[bool], tuned: list[Answer]) -> tuple[float, int]:
+    """The share of the probes the base knows that the fine-tuned model answers right, and how
+    many the base knows (1.0 when it knows none)."""
+    kept = [p.right(t.text) for p, k, t in zip(probes, known, tuned) if k]
     return (round(sum(kept) / len(kept), 4) if kept else 1.0), len(kept)
 
 
@@ -171,16 +189,17 @@ def prompts_in_train(train_path: str, questions: list[str]) -> int:
     return sum(normalise(q) in seen for q in questions)
 
 
-def write_answers(path: str, val: list[Record], probes: list[Probe], base: dict, tuned: dict) -> None:
+def write_answers(path: str, val: list[Record], probes: list[Probe], base: dict, tuned: dict,
+                  base_knows: list[bool]) -> None:
     """Every question with both answers, one JSON object a line, for a look by hand."""
     import json
 
     identity = [r for r in val if r.source == IDENTITY_SOURCE]
     other = [r for r in val if r.source != IDENTITY_SOURCE]
     rows = [{"kind": "identity", "question": r.prompt[-1].content} for r in identity]
-    rows += [{"kind": f"probe/{p.kind}", "question": p.question,
-              "base_right": p.right(b.text), "finetuned_right": p.right(t.text)}
-             for p, b, t in zip(probes, base["probes"], tuned["probes"])]
+    rows += [{"kind": f"probe/{p.kind}", "question": p.question, "base_knows": k, "base_right": p.right(b.text),
+              "finetuned_right": p.right(t.text)}
+             for p, k, b, t in zip(probes, base_knows, base["probes"], tuned["probes"])]
     rows += [{"kind": r.source, "question": r.prompt[-1].content} for r in other]
     base_all = base["identity"] + base["probes"] + base["other"]
     tuned_all = tuned["identity"] + tuned["probes"] + tuned["other"]
@@ -204,19 +223,20 @@ def main(cfg: Params) -> dict:
                     "generalisation", in_train, len(asked), paths.train)
     log.info("scoring %d validation records (%d held-out identity questions) and %d retention probes",
              len(val), n_identity, len(probes))
-    base, base_answers = score(paths.base_model, cfg, val, probes, "base")
+    base, base_answers = score(paths.base_model, cfg, val, probes, "base", base=True)
     tuned, tuned_answers = score(paths.merged_model, cfg, val, probes, "fine-tuned")
-    kept, base_right = retention(probes, base_answers["probes"], tuned_answers["probes"])
-    metrics = {"base": base, "finetuned": tuned, "retention": kept, "probes_base_right": base_right,
+    base_knows = known(probes, base_answers)
+    kept, n_known = retention(probes, base_knows, tuned_answers["probes"])
+    metrics = {"base": base, "finetuned": tuned, "retention": kept, "probes_base_knows": n_known,
                "probes": len(probes), "val_loss_delta": round(tuned["val_loss"] - base["val_loss"], 4),
                "identity_questions": n_identity, "validation_records": len(val),
                "eval_prompts_in_train": in_train}
-    write_answers(paths.evaluation_answers, val, probes, base_answers, tuned_answers)
+    write_answers(paths.evaluation_answers, val, probes, base_answers, tuned_answers, base_knows)
     write_json(paths.evaluation, metrics)
     log.info("val loss %.4f -> %.4f; identity accuracy %.2f -> %.2f; leak rate %.2f -> %.2f; retention %.2f "
-             "(of %d probes the base answers right); EOS rate %.2f -> %.2f",
+             "(of %d probes the base knows); EOS rate %.2f -> %.2f",
              base["val_loss"], tuned["val_loss"], base["identity_accuracy"], tuned["identity_accuracy"],
-             base["identity_leak_rate"], tuned["identity_leak_rate"], kept, base_right,
+             base["identity_leak_rate"], tuned["identity_leak_rate"], kept, n_known,
              base["eos_rate"], tuned["eos_rate"])
     return metrics
 
