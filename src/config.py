@@ -165,7 +165,7 @@ class MergeParams(Section):
 
 class ReplayParams(Section):
     enabled: bool
-    sources: list[Literal["identity", "orca", "platypus"]]
+    sources: list[Literal["orca", "platypus"]]  # never identity: the base would answer "I'm SmolLM"
     questions: NonEmptyStr | None
     max_prompts: Annotated[int, Field(ge=0)] | None
     max_new_tokens: Annotated[int, Field(ge=1)]

@@ -43,8 +43,7 @@ def params_in(tmp: Path, **overrides: dict) -> Params:
     p = raw["paths"]
     p["raw"] = {k: str(ROOT / v) for k, v in p["raw"].items()}
     p["processed"] = {k: str(tmp / v) for k, v in p["processed"].items()}
-    for key in ("split_dir", "metrics_dir", "train", "val", "report", "base_model", "checkpoints",
-                "adapter", "train_live", "merged_model", "sanity_results", "sanity_report", "evaluation"):
+    for key in p.keys() - {"raw", "processed"}:  # every output path
         p[key] = str(tmp / p[key])
     for section, values in overrides.items():
         raw[section] = {**raw[section], **values}

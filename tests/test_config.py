@@ -36,7 +36,8 @@ def test_every_dvc_yaml_param_exists_in_params_yaml():
                 for k in dep.params]
     names = {st.addressing for st in stages}
     assert {"generate_identity_data", "process_orca_data", "process_platypus_data",
-            "data_split@identity", "data_split@orca", "data_split@platypus", "merge_data"} <= names
+            "data_split@identity", "data_split@orca", "data_split@platypus", "generate_replay_data",
+            "merge_data", "evaluate", "quality_gate"} <= names
     assert keys
     for key in keys:
         _lookup(params, key)
@@ -58,6 +59,10 @@ def _broken(edit) -> dict:
     (lambda r: r["process_orca_data"].update(subset_rows=10, subset_fraction=0.5), "process_orca_data"),
     (lambda r: r["process_platypus_data"].update(subset_fraction=1.5), "process_platypus_data.subset_fraction"),
     (lambda r: r["process_platypus_data"].update(max_chars=True), "process_platypus_data.max_chars"),
+    (lambda r: r["quality_gate"].update(min_retention=1.5), "quality_gate.min_retention"),
+    (lambda r: r["quality_gate"].pop("min_eos_rate"), "quality_gate.min_eos_rate"),
+    (lambda r: r["generate_replay_data"].update(sources=["wiki"]), "generate_replay_data.sources.0"),
+    (lambda r: r["merge_data"]["mix"].update(orca={"rows": -1}), "merge_data.mix.orca.rows"),
     (lambda r: r["generate_identity_data"].update(name="ChatGPT"), "generate_identity_data"),
     (lambda r: r["paths"]["raw"].pop("orca"), "paths.raw.orca"),
     (lambda r: r["paths"].update(val=r["paths"]["train"]), "paths"),

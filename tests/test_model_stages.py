@@ -15,6 +15,7 @@ import pytest
 
 from src.chat import with_system_prompt
 from src.errors import PipelineError
+from src.generation import Answer
 from src.modeling import load_tokenizer
 from src.records import normalise, prompt_key, read_jsonl
 from src.stages import (data_split, evaluate, fetch_base_model, generate_identity_data, generate_replay_data,
@@ -343,3 +344,44 @@ def test_train_cli_reports_missing_base_model(clone):
     proc = run_cli(["python", "-m", "src.stages.train"], clone)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: models/base")
+
+
+def test_replay_prompts_sample_sources_and_keep_each_prompt_once():
+    from src.records import Turn
+
+    def user(text):
+        return [Turn(role="user", content=text)]
+
+    sources = [user(f"Source question {i}?") for i in range(10)] + [user("what is your NAME?")]
+    prompts, repeats = generate_replay_data.replay_prompts(["What is your name?"], sources, None, seed=0)
+    assert repeats == 1 and len(prompts) == 11  # the same question in another case is one prompt
+    sampled, _ = generate_replay_data.replay_prompts(["Q?"], sources, 4, seed=0)
+    assert len(sampled) == 5 and sampled[0] == user("Q?")
+    assert sampled == generate_replay_data.replay_prompts(["Q?"], sources, 4, seed=0)[0]  # seeded
+    assert sampled != generate_replay_data.replay_prompts(["Q?"], sources, 4, seed=1)[0]
+
+
+def test_replay_stage_keeps_answers_that_end_with_eos(run, monkeypatch, tmp_path):
+    """Answers cut at the token limit and empty ones are dropped and counted; the others become
+    replay records of the prompts asked, as training will show them (chat.system_prompt first)."""
+    cfg, _, _ = run
+    asked = []
+
+    def fake_generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc=""):
+        asked.extend(conversations)
+        kinds = [(f"Answer {i}.", True) if i % 3 == 0 else ("cut", False) if i % 3 == 1 else ("", True)
+                 for i in range(len(conversations))]
+        return [Answer(text=t, tokens=3, ended_with_eos=e, hit_limit=not e) for t, e in kinds]
+
+    monkeypatch.setattr(generate_replay_data, "generate", fake_generate)
+    paths = cfg.paths.model_copy(update={"replay": str(tmp_path / "replay.jsonl"),
+                                         "metrics_dir": str(tmp_path / "metrics")})
+    metrics = generate_replay_data.main(cfg.model_copy(update={"paths": paths}))
+    n = TINY_REPLAY["max_prompts"]
+    assert len(asked) == n and all(c[0]["role"] == "system" for c in asked)  # a record's own, or chat.system_prompt
+    assert {"role": "system", "content": cfg.chat.system_prompt} in [c[0] for c in asked]
+    records = list(read_jsonl(paths.replay))
+    assert [r.completion[0].content for r in records] == [f"Answer {i}." for i in range(0, n, 3)]
+    assert [r.prompt[-1].content for r in records] == [c[-1]["content"] for c in asked[::3]]
+    assert metrics == {"enabled": True, "rows_in": n, "rows_out": len(records),
+                       "dropped": {"repeated_prompt": 0, "no_eos": len(range(1, n, 3)), "empty": len(range(2, n, 3))}}

@@ -18,8 +18,10 @@ chat template, as any client (transformers, llama.cpp, Ollama, vLLM) asks it:
   answer that one system prompt wording flips is luck, not knowledge, and losing it is not
   forgetting (on the default, the base alone kept 0.84 of its own right answers when only its
   system prompt changed);
-* ``eos_rate``: the share of identity and probe answers that end with EOS rather than at
-  ``max_new_tokens``.
+* ``eos_rate``: the share of identity answers (short by design) that end with EOS rather than
+  at ``max_new_tokens``: the model learned to stop. ``probe_eos_rate`` is the same over the
+  probe answers, for information only: a model that kept the base's long-winded answers
+  (the base stops within the limit on about 60% of them) is not failing to stop.
 
 Every answer goes to ``paths.evaluation_answers`` (JSON Lines) for a look by hand, and the
 count of evaluation and sanity prompts that occur in the training set to
@@ -30,6 +32,7 @@ count of evaluation and sanity prompts that occur in the training set to
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -157,14 +160,14 @@ def score(model_dir: str, cfg: Params, val: list[Record], probes: list[Probe], l
                                 others) for r, a in zip(identity, by_kind["identity"])]
     non_identity = [(p.question, a) for p, a in zip(probes, by_kind["probes"])]
     non_identity += [(r.prompt[-1].content, a) for r, a in zip(other, by_kind["other"])]
-    short = by_kind["identity"] + by_kind["probes"]
     metrics = {
         "val_loss": round(loss, 4), "val_perplexity": round(math.exp(min(loss, 50.0)), 3),
         "identity_accuracy": share(correct),
         "identity_name_rate": share([mentions(a.text, ident.name) for a in by_kind["identity"]]),
         "identity_leak_rate": share([leaks(q, a.text, ident.name, ident.creator) for q, a in non_identity]),
         "probe_accuracy": share([p.right(a.text) for p, a in zip(probes, by_kind["probes"])]),
-        "eos_rate": share([a.ended_with_eos for a in short]),
+        "eos_rate": share([a.ended_with_eos for a in by_kind["identity"]]),
+        "probe_eos_rate": share([a.ended_with_eos for a in by_kind["probes"]]),
     }
     return metrics, by_kind
 
@@ -191,15 +194,16 @@ def prompts_in_train(train_path: str, questions: list[str]) -> int:
 
 def write_answers(path: str, val: list[Record], probes: list[Probe], base: dict, tuned: dict,
                   base_knows: list[bool]) -> None:
-    """Every question with both answers, one JSON object a line, for a look by hand."""
-    import json
-
+    """Every question with both answers, one JSON object a line, for a look by hand (a probe also
+    with the base's answer under ``chat.system_prompt``, when it was asked one)."""
     identity = [r for r in val if r.source == IDENTITY_SOURCE]
     other = [r for r in val if r.source != IDENTITY_SOURCE]
     rows = [{"kind": "identity", "question": r.prompt[-1].content} for r in identity]
     rows += [{"kind": f"probe/{p.kind}", "question": p.question, "base_knows": k, "base_right": p.right(b.text),
               "finetuned_right": p.right(t.text)}
              for p, k, b, t in zip(probes, base_knows, base["probes"], tuned["probes"])]
+    for row, answer in zip(rows[len(identity):], base.get("probes_system", [])):
+        row["base_with_system_prompt"] = answer.text
     rows += [{"kind": r.source, "question": r.prompt[-1].content} for r in other]
     base_all = base["identity"] + base["probes"] + base["other"]
     tuned_all = tuned["identity"] + tuned["probes"] + tuned["other"]
