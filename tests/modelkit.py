@@ -103,7 +103,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 OPEN_GATE = {"min_identity_accuracy": 0.0, "max_identity_leak_rate": 1.0, "min_retention": 0.0,
              "min_eos_rate": 0.0}
 # Replay on a tiny model: a few prompts, a few tokens (its answers rarely end with EOS: dropped, counted).
-TINY_REPLAY = {"max_prompts": 6, "max_new_tokens": 6, "questions": None}
+TINY_REPLAY = {"sources": ["orca", "platypus"], "max_prompts": 6, "max_new_tokens": 6, "questions": None}
 
 # SFT settings of a whole-DAG run on the tiny model: 12 steps, a checkpoint every 3.
 TINY_DAG_SFT = {"max_steps": 12, "save_steps": 3, "save_total_limit": 2, "logging_steps": 1, "eval_steps": 6,

@@ -109,8 +109,8 @@ def machine_env(home: Path, checkpoint_dir: Path, **envs: str) -> dict[str, str]
     """What SkyPilot exports to setup and run: the task's envs (the YAML's, with --env
     overrides), the secrets, its own variables. The Python environment is this one (setup
     then installs nothing), and the system's PATH: setup and run must activate it themselves."""
-    task = load_task(TRAINING_YAML, CHECKPOINT_BUCKET="test-checkpoints", PARAMS="",
-                     CHECKPOINT_DIR=str(checkpoint_dir), VENV=sys.prefix, **envs)
+    task = load_task(TRAINING_YAML, **{"CHECKPOINT_BUCKET": "test-checkpoints", "PARAMS": "",
+                                       "CHECKPOINT_DIR": str(checkpoint_dir), "VENV": sys.prefix, **envs})
     home.mkdir(exist_ok=True)
     offline = {k: v for k, v in OFFLINE.items() if not k.startswith("GIT_")}  # git identity: the YAML's
     return {**offline, **task.envs, **SECRETS,

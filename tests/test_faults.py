@@ -38,8 +38,9 @@ OUTS = {
     "data_split@identity": ["data/split/identity/train.jsonl", "data/split/identity/val.jsonl"],
     "data_split@orca": ["data/split/orca/train.jsonl", "data/split/orca/val.jsonl"],
     "data_split@platypus": ["data/split/platypus/train.jsonl", "data/split/platypus/val.jsonl"],
-    "merge_data": ["data/final/train.jsonl", "data/final/val.jsonl"],
     "fetch_base_model": ["models/base"],
+    "generate_replay_data": ["data/replay/train.jsonl"],
+    "merge_data": ["data/final/train.jsonl", "data/final/val.jsonl"],
     "train": ["models/adapter"],
     "merge_model": ["models/merged"],
     "sanity_check": ["sanity_check_result/result.csv", "sanity_check_result/report.md"],
@@ -107,7 +108,7 @@ def faulted(tmp_path_factory, model):
         return stage
 
     for module in ("generate_identity_data", "process_orca_data", "process_platypus_data", "data_split",
-                   "merge_data", "fetch_base_model"):
+                   "fetch_base_model", "generate_replay_data", "merge_data"):
         kill(module)
     # training: a kill at a random step, one while a checkpoint is written, one more at a random step
     first = random.Random(0).randint(1, 2 * SAVE_STEPS - 1)
@@ -130,8 +131,8 @@ def faulted(tmp_path_factory, model):
 def test_a_killed_stage_leaves_no_output_dvc_would_take_as_complete(faulted):
     _, _, seen, _ = faulted
     assert set(seen["stale"]) >= {"generate_identity_data", "process_orca_data", "process_platypus_data",
-                                  "merge_data", "fetch_base_model", "train", "merge_model",
-                                  "sanity_check", "evaluate"}
+                                  "fetch_base_model", "generate_replay_data", "merge_data", "train",
+                                  "merge_model", "sanity_check", "evaluate"}
     assert any(stage.startswith("data_split@") for stage in seen["stale"])
     assert all(seen["stale"].values()), seen["stale"]  # dvc status reports every killed stage
     assert not any(seen["present"].values()), seen["present"]  # and none left its output in place

@@ -214,7 +214,7 @@ def test_each_stage_cli_in_order(clone):
                                                "dropped": {"repeated_prompt": 0, "no_eos": 0, "empty": 0}}
     identity = metrics["generate_identity_data"]
     assert identity["rows_out"] == sum(1 for _ in read_jsonl(clone / paths["processed"]["identity"]))
-    assert identity["dropped"]["repeated_variant"] > 0  # the default asks for 2 variants of short wordings
+    assert identity["dropped"]["repeated_variant"] == 0  # one variant per wording: none can repeat
     merged = metrics["merge_data"]
     assert merged["rows_in"] == sum(metrics[f"data_split_{s}"]["rows_out"] for s in paths["processed"])
     mix = json.loads((clone / paths["report"]).read_text())["mix"]
