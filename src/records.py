@@ -69,7 +69,12 @@ def prompt_key(record: Record) -> str:
 
     System turns are left out, so a question asked under two system prompts is still one prompt.
     """
-    return "\n".join(normalise(t.content) for t in record.prompt if t.role == "user")
+    return turns_key(record.prompt)
+
+
+def turns_key(turns: Iterable[Turn]) -> str:
+    """``prompt_key`` of a prompt alone (its turns, before any answer)."""
+    return "\n".join(normalise(t.content) for t in turns if t.role == "user")
 
 
 def stable_hash(text: str, seed: int) -> float:

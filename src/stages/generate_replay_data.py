@@ -30,7 +30,7 @@ from src.config import REPLAY_SOURCE, Params
 from src.errors import PipelineError
 from src.generation import generate
 from src.modeling import load_for_inference
-from src.records import Record, Turn, prompt_key, read_jsonl, read_yaml, write_json, write_jsonl
+from src.records import Record, Turn, read_jsonl, read_yaml, turns_key, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def replay_prompts(questions: list[str], source_prompts: list[list[Turn]], max_p
         source_prompts = [source_prompts[i] for i in picked]
     unique, seen = [], set()
     for prompt in prompts + source_prompts:
-        key = prompt_key(Record(prompt=prompt, completion=[Turn(role="assistant", content="-")], source="-"))
+        key = turns_key(prompt)
         if key not in seen:
             seen.add(key)
             unique.append(prompt)
