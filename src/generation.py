@@ -28,17 +28,21 @@ def generate(model, tokenizer, conversations: Sequence[Sequence[Message]], max_n
     import torch
 
     eos = tokenizer.eos_token_id
-    answers: list[Answer] = []
+    # Batches of similar prompt lengths pad less; answers come back in the caller's order.
+    lengths = [len(generation_inputs(tokenizer, [c])["input_ids"][0]) for c in conversations]
+    order = sorted(range(len(conversations)), key=lambda i: -lengths[i])
+    answers: dict[int, Answer] = {}
     model.eval()
-    for start in tqdm(range(0, len(conversations), batch_size), desc=desc, unit="batch"):
-        batch = generation_inputs(tokenizer, conversations[start:start + batch_size]).to(model.device)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        rows = order[start:start + batch_size]
+        batch = generation_inputs(tokenizer, [conversations[i] for i in rows]).to(model.device)
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+        for i, row in zip(rows, out[:, batch["input_ids"].shape[1]:].tolist()):
             ended = eos in row
             kept = row[:row.index(eos)] if ended else row
-            answers.append(Answer(text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                                  tokens=len(kept), ended_with_eos=ended,
-                                  hit_limit=not ended and len(row) >= max_new_tokens))
-    return answers
+            answers[i] = Answer(text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                                tokens=len(kept), ended_with_eos=ended,
+                                hit_limit=not ended and len(row) >= max_new_tokens)
+    return [answers[i] for i in range(len(conversations))]

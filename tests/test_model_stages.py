@@ -277,7 +277,7 @@ def test_leaks(question, answer, leaked):
 
 def test_probes_load_and_score(tmp_path):
     probes = evaluate.load_probes(ROOT / "src/prompts/retention.yaml")
-    assert len(probes) >= 40 and {p.kind for p in probes} == {"facts", "arithmetic", "units", "language", "code"}
+    assert len(probes) >= 60 and {p.kind for p in probes} == {"facts", "attribution", "arithmetic", "units", "language", "code"}
     assert len({normalise(p.question) for p in probes}) == len(probes)
     france = next(p for p in probes if "France" in p.question)
     assert france.right("It is Paris.") and not france.right("It is Juniper.")
@@ -289,6 +289,40 @@ def test_probes_load_and_score(tmp_path):
         bad.write_text(text + "\n")
         with pytest.raises(PipelineError, match=message):
             evaluate.load_probes(bad)
+
+
+def test_generate_batches_by_length_and_answers_in_order():
+    import torch
+
+    from src.chat import generation_inputs
+    from src.generation import generate
+
+    tokenizer = chatml_tokenizer()
+
+    class CountingModel:  # answers each prompt with its own length in tokens, then EOS
+        device = torch.device("cpu")
+        batches: list[list[int]] = []
+
+        def eval(self):
+            return self
+
+        def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+            self.batches.append(sorted(int(n) for n in attention_mask.sum(1)))
+            answers = [tokenizer.encode(f"{int(n)}") + [tokenizer.eos_token_id] for n in attention_mask.sum(1)]
+            width = max(map(len, answers))
+            answers = [a + [tokenizer.pad_token_id] * (width - len(a)) for a in answers]
+            return torch.cat([input_ids, torch.tensor(answers)], dim=1)
+
+    questions = ["Hi", "What is the capital of France, and why is it there?", "Ok?",
+                 "Name three rivers in Europe and the seas they flow into, please.", "Why?"]
+    conversations = [[{"role": "user", "content": q}] for q in questions]
+    lengths = [len(generation_inputs(tokenizer, [c])["input_ids"][0]) for c in conversations]
+    model = CountingModel()
+    answers = generate(model, tokenizer, conversations, 8, 2)
+    assert [a.text for a in answers] == [str(n) for n in lengths]  # each answer is its own prompt's
+    assert all(a.ended_with_eos and not a.hit_limit for a in answers)
+    ranked = sorted(lengths, reverse=True)  # the longest prompts share a batch: less padding
+    assert model.batches == [sorted(ranked[0:2]), sorted(ranked[2:4]), ranked[4:]]
 
 
 def test_replay_questions_are_not_probes_or_sanity_prompts():
