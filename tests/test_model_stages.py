@@ -277,7 +277,10 @@ def test_leaks(question, answer, leaked):
 
 def test_probes_load_and_score(tmp_path):
     probes = evaluate.load_probes(ROOT / "src/prompts/retention.yaml")
-    assert len(probes) >= 60 and {p.kind for p in probes} == {"facts", "attribution", "arithmetic", "units", "language", "code"}
+    assert len(probes) >= 40 and {p.kind for p in probes} == {"facts", "arithmetic", "units", "language", "code"}
+    with_attribution = evaluate.load_probes(ROOT / "bench/prompts/retention_with_attribution.yaml")
+    assert {normalise(p.question) for p in probes} < {normalise(p.question) for p in with_attribution}
+    assert sum(p.kind == "attribution" for p in with_attribution) >= 20
     assert len({normalise(p.question) for p in probes}) == len(probes)
     france = next(p for p in probes if "France" in p.question)
     assert france.right("It is Paris.") and not france.right("It is Juniper.")
@@ -325,10 +328,14 @@ def test_generate_batches_by_length_and_answers_in_order():
     assert model.batches == [sorted(ranked[0:2]), sorted(ranked[2:4]), ranked[4:]]
 
 
-def test_replay_questions_are_not_probes_or_sanity_prompts():
-    probes = {normalise(p.question) for p in evaluate.load_probes(ROOT / "src/prompts/retention.yaml")}
+@pytest.mark.parametrize("replay_file, probe_file", [
+    ("src/prompts/replay.yaml", "src/prompts/retention.yaml"),
+    ("bench/prompts/replay_short_answers.yaml", "bench/prompts/retention_with_attribution.yaml"),
+])
+def test_replay_questions_are_not_probes_or_sanity_prompts(replay_file, probe_file):
+    probes = {normalise(p.question) for p in evaluate.load_probes(ROOT / probe_file)}
     sanity = {normalise(p) for p in repo_params()["sanity_check"]["prompts"]}
-    replay = {normalise(q) for q in generate_replay_data.load_questions(ROOT / "src/prompts/replay.yaml")}
+    replay = {normalise(q) for q in generate_replay_data.load_questions(ROOT / replay_file)}
     assert len(replay) >= 20 and not replay & (probes | sanity)
 
 
