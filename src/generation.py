@@ -29,7 +29,7 @@ def generate(model, tokenizer, conversations: Sequence[Sequence[Message]], max_n
 
     eos = tokenizer.eos_token_id
     # Batches of similar prompt lengths pad less; answers come back in the caller's order.
-    lengths = [len(generation_inputs(tokenizer, [c])["input_ids"][0]) for c in conversations]
+    lengths = generation_inputs(tokenizer, conversations)["attention_mask"].sum(1).tolist() if conversations else []
     order = sorted(range(len(conversations)), key=lambda i: -lengths[i])
     answers: dict[int, Answer] = {}
     model.eval()
