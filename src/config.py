@@ -11,6 +11,7 @@ at once with a one-line message that names the key, before any heavy work.
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from src.errors import PipelineError
 
 PARAMS_FILE = "params.yaml"
+PIPELINE_FILE = "dvc.yaml"  # its vars name every output path
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 Seed = Annotated[int, Field(ge=0)]
@@ -71,15 +73,33 @@ class Paths(Section):
         """Where a stage (or one ``foreach`` item of it) writes its row accounting."""
         return Path(self.metrics_dir) / f"{name}.json"
 
+    def outputs(self) -> dict[str, str]:
+        """Every path a stage writes, by dotted key (``processed.orca``, ``merged_model``, ...)."""
+        outs = {f"processed.{k}": v for k, v in self.processed.model_dump().items()}
+        return outs | {k: v for k, v in self.model_dump().items() if k not in ("raw", "processed")}
+
     @model_validator(mode="after")
-    def _outputs_distinct(self) -> Paths:
-        outs = [self.processed.identity, self.processed.orca, self.processed.platypus,
-                self.train, self.val, self.report, self.base_model, self.checkpoints, self.adapter,
-                self.train_live, self.merged_model, self.sanity_results, self.sanity_report,
-                self.evaluation, self.evaluation_answers, self.quality_gate, self.replay]
-        if len(set(outs)) != len(outs):
-            raise ValueError("two outputs share one file; every output needs its own path")
+    def _outputs_apart(self) -> Paths:
+        """No output is another one, under another one, or holds another one: spelling variants
+        (``./models/base``, ``models//base``) count as the same path."""
+        outs = {key: posixpath.normpath(Path(path).as_posix()) for key, path in self.outputs().items()}
+        for key, path in outs.items():
+            for other, other_path in outs.items():
+                if key < other and (path == other_path or other_path.startswith(path.rstrip("/") + "/")
+                                    or path.startswith(other_path.rstrip("/") + "/")):
+                    if {key, other} & CONTAINERS and path != other_path:
+                        continue  # a folder of outputs holds the outputs named for it (split_dir: its files)
+                    raise ValueError(f"{key} ({path}) and {other} ({other_path}) overlap; every output "
+                                     "needs a path of its own")
         return self
+
+
+# Folders that hold outputs written under them by name rather than being outputs themselves.
+CONTAINERS = frozenset({"split_dir", "metrics_dir", "train_live"})
+# The only top-level folders of the repository that stages may write into (dvc.yaml's vars), and
+# the folders inside them that hold inputs.
+OUTPUT_ROOTS = ("data", "models", "dvclive", "sanity_check_result")
+INPUT_DIRS = ("data/raw",)
 
 
 class OtherAssistant(Section):
@@ -209,7 +229,7 @@ class TrainParams(Section):
         owned = sorted(RESERVED_SFT_KEYS & sft.keys())
         if owned:
             raise ValueError(f"{', '.join(owned)} is set by the pipeline; remove it "
-                             "(precision: train.precision; seed: train.seed; paths: paths.*)")
+                             "(precision: train.precision; seed: train.seed; output_dir: the vars of dvc.yaml)")
         return sft
 
     @property
@@ -281,13 +301,55 @@ def validate_params(raw: dict, source: str = PARAMS_FILE) -> Params:
         raise PipelineError(format_validation_error(err, source)) from err
 
 
+def output_paths(repo: str | Path | None = None) -> dict:
+    """The ``paths`` of ``dvc.yaml``'s vars: where each stage writes. Every one must be a plain
+    relative path inside one of OUTPUT_ROOTS (the pipeline file is read as written, so this
+    holds for a hand-edited one too)."""
+    import yaml
+
+    pipeline = Path(repo or ".") / PIPELINE_FILE
+    try:
+        doc = yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"{pipeline}: cannot be read ({err})") from err
+    found = [v["paths"] for v in doc.get("vars") or [] if isinstance(v, dict) and "paths" in v]
+    if len(found) != 1 or not isinstance(found[0], dict):
+        raise PipelineError(f"{pipeline}: vars must hold one 'paths' mapping (where each stage writes)")
+    paths = found[0]
+    flat = {f"processed.{k}": v for k, v in (paths.get("processed") or {}).items()}
+    flat |= {k: v for k, v in paths.items() if k != "processed"}
+    for key, path in flat.items():
+        if not isinstance(path, str) or not _plain_output(path):
+            raise PipelineError(f"{pipeline}: vars paths.{key}: {path!r} is not a plain relative path inside "
+                                f"{', '.join(OUTPUT_ROOTS)}")
+    return paths
+
+
+def _plain_output(path: str) -> bool:
+    """A relative path in its plain spelling, below one of OUTPUT_ROOTS and outside INPUT_DIRS:
+    ``models/merged``, not ``./models/merged``, ``models/../src``, ``data/raw`` or ``/tmp/x``."""
+    parts = path.split("/")
+    return (posixpath.normpath(path) == path and not path.startswith("/") and len(parts) >= 2
+            and parts[0] in OUTPUT_ROOTS and ".." not in parts and "\\" not in path
+            and not any(path == d or path.startswith(d + "/") for d in INPUT_DIRS))
+
+
+def with_output_paths(raw: dict, repo: str | Path | None = None) -> dict:
+    """The params mapping with dvc.yaml's output paths added under ``paths``. (An output path set
+    in params never gets here: DVC refuses to redefine a var.)"""
+    given = raw.get("paths")
+    return {**raw, "paths": {**(given if isinstance(given, dict) else {}), **output_paths(repo)}}
+
+
 def load_params(repo: str | None = None) -> Params:
-    """Read ``params.yaml`` through DVC (so ``dvc exp run -S key=value`` applies) and validate it."""
+    """Read ``params.yaml`` through DVC (so ``dvc exp run -S key=value`` applies), add the output
+    paths of ``dvc.yaml`` and validate it."""
     import dvc.api
     from dvc.exceptions import DvcException
 
     try:
         raw = dvc.api.params_show(repo=repo, deps=False)
     except DvcException as err:
-        raise PipelineError(f"{PARAMS_FILE}: cannot be read ({err})") from err
-    return validate_params(raw)
+        reason = " ".join(str(err).split())  # DVC's "cannot redefine 'paths.x'" spans lines
+        raise PipelineError(f"{PARAMS_FILE}: cannot be read ({reason})") from err
+    return validate_params(with_output_paths(raw, repo))

@@ -29,6 +29,8 @@ def _first_line(err: Exception) -> str:
 def open_parquet(path: str | os.PathLike, columns: Sequence[str]) -> pq.ParquetFile:
     """Open a parquet file and check that it has rows and every column in ``columns`` as text."""
     path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"{path}: a folder, not a parquet file")
     if not path.is_file():
         raise PipelineError(f"{path}: file not found")
     if path.stat().st_size == 0:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.config import Params, validate_params
+from src.config import Params, validate_params, with_output_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +30,20 @@ os.environ.update(OFFLINE)
 
 
 def repo_params() -> dict:
-    with open(ROOT / "params.yaml", encoding="utf-8") as f:
+    """params.yaml as committed, with the output paths of dvc.yaml under ``paths`` (as stages see it)."""
+    return with_output_paths(params_file(ROOT), ROOT)
+
+
+def params_file(repo: Path) -> dict:
+    with open(repo / "params.yaml", encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+
+def set_output_paths(repo: Path, **paths: str) -> None:
+    """Point outputs of a clone elsewhere by editing its dvc.yaml's vars (``adapter="out/a"``)."""
+    pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+    pipeline["vars"][0]["paths"].update(paths)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
 
 def params_in(tmp: Path, **overrides: dict) -> Params:

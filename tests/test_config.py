@@ -11,7 +11,7 @@ from dvc.repo import Repo
 
 from src.config import validate_params
 from src.errors import PipelineError
-from tests.conftest import ROOT, repo_params, run_cli
+from tests.conftest import ROOT, params_file, repo_params, run_cli
 
 
 def test_repo_params_pass_schema():
@@ -77,7 +77,7 @@ def test_bad_params_fail_naming_the_key(edit, key):
 
 
 def test_stage_cli_refuses_bad_params_before_work(clone):
-    raw = repo_params()
+    raw = params_file(clone)
     raw["process_orca_data"]["subset_rows"] = -1
     (clone / "params.yaml").write_text(yaml.safe_dump(raw))
     proc = run_cli(["python", "-m", "src.stages.process_orca_data"], clone)
@@ -85,7 +85,7 @@ def test_stage_cli_refuses_bad_params_before_work(clone):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: params.yaml: process_orca_data.subset_rows:")
     assert "Traceback" not in proc.stderr
-    assert not (clone / raw["paths"]["processed"]["orca"]).exists()
+    assert not (clone / repo_params()["paths"]["processed"]["orca"]).exists()
 
 
 def test_dash_s_override_reaches_the_stage(clone):

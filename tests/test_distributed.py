@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.cloudkit import free_port
-from tests.conftest import cli_env, make_clone, run_cli
+from tests.conftest import cli_env, make_clone, run_cli, set_output_paths
 from tests.modelkit import TINY_DAG_SFT, chatml_tokenizer, configure_tiny_dag, tiny_model_folder
 
 pytestmark = pytest.mark.timeout(600)  # a collective that never completes fails the test, not CI
@@ -34,11 +34,10 @@ def losses(live: Path) -> list[float]:
 
 
 def configure(repo: Path, name: str, batch: int, distributed: str = "none") -> None:
-    """Params for a run writing under ``out/<name>``: packed rows of ``batch`` per process, no dropout."""
+    """Params for a run writing under ``models/out/<name>``: packed rows of ``batch`` per process, no dropout."""
+    set_output_paths(repo, train_live=f"models/out/{name}/live", adapter=f"models/out/{name}/adapter",
+                     checkpoints=f"models/out/{name}/checkpoints")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["paths"]["train_live"] = f"out/{name}/live"
-    params["paths"]["adapter"] = f"out/{name}/adapter"
-    params["paths"]["checkpoints"] = f"out/{name}/checkpoints"
     params["train"]["sft"]["per_device_train_batch_size"] = batch
     params["train"]["lora"]["lora_dropout"] = 0.0
     params["train"]["sft"]["packing"] = True  # whole rows per process: no padding to tell the runs apart
@@ -89,24 +88,24 @@ def test_two_process_ddp_matches_one_process_of_the_same_global_batch(runs):
     repo, single, ddp, _ = runs
     assert single.returncode == 0, single.stderr[-3000:]
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one, two = losses(repo / "out/single/live"), losses(repo / "out/ddp/live")
+    one, two = losses(repo / "models/out/single/live"), losses(repo / "models/out/ddp/live")
     assert len(one) == len(two) == TINY_DAG_SFT["max_steps"]
     assert two == pytest.approx(one, rel=1e-5), list(zip(one, two))
     assert one[-1] < one[0]  # it learned something, so matching curves mean matching updates
     from safetensors.torch import load_file
 
-    a, b = (load_file(repo / f"out/{n}/adapter/adapter_model.safetensors") for n in ("single", "ddp"))
+    a, b = (load_file(repo / f"models/out/{n}/adapter/adapter_model.safetensors") for n in ("single", "ddp"))
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-4
 
 
 def test_ddp_writes_its_outputs_once(runs):
     repo, _, ddp, _ = runs
-    assert ddp.stderr.count("wrote out/ddp/adapter") == 1  # the main process only
-    metrics = json.loads((repo / "out/ddp/live/metrics.json").read_text())
+    assert ddp.stderr.count("wrote models/out/ddp/adapter") == 1  # the main process only
+    metrics = json.loads((repo / "models/out/ddp/live/metrics.json").read_text())
     assert metrics["steps"] == TINY_DAG_SFT["max_steps"]
-    assert (repo / "out/ddp/adapter/adapter_model.safetensors").is_file()
-    assert not list((repo / "out/ddp/checkpoints").glob("*/checkpoint-*"))  # spent after success
+    assert (repo / "models/out/ddp/adapter/adapter_model.safetensors").is_file()
+    assert not list((repo / "models/out/ddp/checkpoints").glob("*/checkpoint-*"))  # spent after success
 
 
 def test_two_machines_through_accelerate_match_one_process(runs):
@@ -118,18 +117,18 @@ def test_two_machines_through_accelerate_match_one_process(runs):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "train.distributed is ddp: -m accelerate.commands.launch" in proc.stderr
     assert "--num_machines 2 --machine_rank 1 --main_process_ip 127.0.0.1" in second.stderr
-    one = losses(repo / "out/single/live")
+    one = losses(repo / "models/out/single/live")
     for machine in (repo, machine_1):
-        assert losses(machine / "out/machines/live") == pytest.approx(one, rel=1e-5)
+        assert losses(machine / "models/out/machines/live") == pytest.approx(one, rel=1e-5)
     from safetensors.torch import load_file
 
-    a, b, c = (load_file(m / f"out/{n}/adapter/adapter_model.safetensors")
+    a, b, c = (load_file(m / f"models/out/{n}/adapter/adapter_model.safetensors")
                for m, n in ((repo, "single"), (repo, "machines"), (machine_1, "machines")))
     assert max((b[k] - c[k]).abs().max().item() for k in b) == 0  # the same weights on both machines
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-4
-    single_metrics = json.loads((repo / "out/single/live/metrics.json").read_text())
+    single_metrics = json.loads((repo / "models/out/single/live/metrics.json").read_text())
     for machine in (repo, machine_1):
-        metrics = json.loads((machine / "out/machines/live/metrics.json").read_text())
+        metrics = json.loads((machine / "models/out/machines/live/metrics.json").read_text())
         assert metrics["records_trained"] == single_metrics["records_trained"]  # the training set, counted once
         assert metrics["steps"] == TINY_DAG_SFT["max_steps"]
     assert not list((machine_1.parent / "bucket").glob("*/checkpoint-*"))  # spent after success

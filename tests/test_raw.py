@@ -10,7 +10,7 @@ import yaml
 
 from src.errors import PipelineError
 from src.raw import iter_rows, open_parquet, subset_indices
-from tests.conftest import repo_params, run_cli
+from tests.conftest import params_file, run_cli
 
 COLUMNS = ("system_prompt", "question", "response")
 
@@ -114,7 +114,7 @@ def test_bad_file_raises_one_line_naming_file(tmp_path, kind):
 def test_bad_file_cli_exits_nonzero_with_one_line(clone, kind):
     """The stage's own command: exit 1, one `error:` line naming the file, no traceback."""
     path = _write_bad(clone, kind)
-    raw = repo_params()
+    raw = params_file(clone)
     raw["paths"]["raw"]["orca"] = path.name
     (clone / "params.yaml").write_text(yaml.safe_dump(raw))
     proc = run_cli(["python", "-m", "src.stages.process_orca_data"], clone)
@@ -127,7 +127,7 @@ def test_bad_file_cli_exits_nonzero_with_one_line(clone, kind):
 
 def test_debug_flag_adds_the_traceback(clone):
     path = _write_bad(clone, "corrupt")
-    raw = repo_params()
+    raw = params_file(clone)
     raw["paths"]["raw"]["orca"] = path.name
     (clone / "params.yaml").write_text(yaml.safe_dump(raw))
     debug = run_cli(["python", "-m", "src.stages.process_orca_data", "--debug"], clone)

@@ -197,7 +197,7 @@ def test_each_stage_cli_in_order(clone):
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["generate_replay_data"]["enabled"] = False  # it needs the base model; tested with one elsewhere
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    paths = params["paths"]
+    paths = repo_params()["paths"]
     commands = [["generate_identity_data"], ["process_orca_data"], ["process_platypus_data"]]
     commands += [["data_split", "--source", s] for s in sorted(paths["processed"])]
     commands += [["generate_replay_data"], ["merge_data"]]
