@@ -3,7 +3,7 @@
 No download: a randomly initialised model with Llama-2-7B's shape (32 layers, hidden 4096,
 MLP 11008, 32 heads, vocabulary 32000) is written once to a scratch folder in bfloat16 and
 loaded through the pipeline's own ``load_model`` with the GPU profile's 4-bit quantization
-(sky-training.yaml's PARAMS: NF4, double quantization, LoRA r 64 on every linear layer,
+(profiles/llama2-7b-qlora.yaml: NF4, double quantization, LoRA r 64 on every linear layer,
 paged AdamW, gradient checkpointing, sequence length 1024). Synthetic examples with an
 Orca-like length mix (prompts about 150 tokens, answers about 250, cut at 1024) train for
 a fixed number of steps up to five times, on the same loaded model (loaded once; the LoRA
@@ -147,13 +147,12 @@ def original_batches(examples: list[dict], steps: int, max_length: int, seed: in
 
 
 def gpu_config(root: Path, model_folder: Path, steps: int, cuda: bool):
-    """params.yaml with sky-training.yaml's GPU profile on top, the base model swapped."""
-    import yaml
+    """params.yaml with the 7B profile (profiles/llama2-7b-qlora.yaml) on top, the base model swapped."""
+    from src.cloud.profile import load_profile, merged, read_yaml
+    from src.config import validate_params, with_output_paths
 
-    from src.cloud.profile import apply_overrides, gpu_profile_overrides
-    from src.config import validate_params
-
-    raw = apply_overrides(yaml.safe_load((root / "params.yaml").read_text()), gpu_profile_overrides())
+    overlay, _ = load_profile(root / "profiles/llama2-7b-qlora.yaml")
+    raw = with_output_paths(merged(read_yaml(root / "params.yaml"), overlay), root)
     raw["paths"]["base_model"] = str(model_folder)
     sft = raw["train"]["sft"]
     sft.update({"max_steps": steps, "save_strategy": "no", "eval_strategy": "no", "logging_steps": 10,

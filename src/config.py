@@ -206,7 +206,7 @@ class ChatParams(Section):
 
 
 Scalar = str | int | float | bool | None
-LibraryFields = dict[str, Scalar | list[Scalar]]
+LibraryFields = dict[str, Scalar | list[Scalar] | dict[str, Scalar]]  # gradient_checkpointing_kwargs: a dict
 
 
 class TrainParams(Section):

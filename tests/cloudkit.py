@@ -1,6 +1,6 @@
 """Stand-ins on 127.0.0.1 for the services a cloud run talks to: a git origin over HTTP that
-wants a token (git's own ``git http-backend``), an S3 endpoint (``moto_server``) and DVC Studio's
-live-metrics API (records what it is sent)."""
+wants a token (git's own ``git http-backend``), an S3 endpoint (``moto_server``), DVC Studio's
+live-metrics API (records what it is sent) and the Hugging Face Hub's dataset files."""
 
 from __future__ import annotations
 
@@ -125,6 +125,49 @@ class FakeStudio(_Server):
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
+
+        super().__init__(Handler)
+
+
+class FakeHub(_Server):
+    """The Hub's dataset downloads as ``HF_ENDPOINT`` sees them: ``files`` maps (dataset, commit,
+    path in the repository) to bytes, served at ``/datasets/<dataset>/resolve/<commit>/<path>``
+    (HEAD too); ``branches`` maps (dataset, branch) to a commit, answered at the dataset-info API.
+    Every request path is kept in ``requests``; anything else is a 404."""
+
+    def __init__(self, files: dict[tuple[str, str, str], bytes], branches: dict[tuple[str, str], str]):
+        self.requests: list[str] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status: int, body: bytes, kind: str, send_body: bool) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(body)
+
+            def answer(self, send_body: bool) -> None:
+                path = self.path.split("?")[0]
+                hub.requests.append(path)
+                for (dataset, commit, file), data in files.items():
+                    if path == f"/datasets/{dataset}/resolve/{commit}/{file}":
+                        return self.reply(200, data, "application/octet-stream", send_body)
+                for (dataset, branch), commit in branches.items():
+                    if path == f"/api/datasets/{dataset}/revision/{branch}":
+                        info = json.dumps({"id": dataset, "sha": commit, "private": False}).encode()
+                        return self.reply(200, info, "application/json", send_body)
+                self.reply(404, b'{"error": "not found"}', "application/json", send_body)
+
+            def do_GET(self):
+                self.answer(True)
+
+            def do_HEAD(self):
+                self.answer(False)
 
         super().__init__(Handler)
 

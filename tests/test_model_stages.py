@@ -369,11 +369,30 @@ def test_qlora_4bit_trains_on_cpu(tmp_path, monkeypatch):
     ("train", {"sft": {"learning_rat": 0.1}}, "params.yaml: train.sft:"),
     ("train", {"lora": {"r": 8, "bogus": 1}}, "params.yaml: train.lora:"),
     ("train", {"quantization": {"load_in_4bit": True, "load_in_8bit": True}}, "params.yaml: train.quantization:"),
+    # wrongly typed values, which the libraries' configs would take as given
+    ("train", {"sft": {"learning_rate": "2e-4"}}, "params.yaml: train.sft.learning_rate: '2e-4' (str) where SFTConfig wants float"),
+    ("train", {"lora": {"r": "16"}}, "params.yaml: train.lora.r: '16' (str) where LoraConfig wants int"),
+    ("train", {"lora": {"lora_dropout": True}}, "params.yaml: train.lora.lora_dropout: True (bool) where LoraConfig wants float"),
+    ("train", {"quantization": {"load_in_4bit": "yes"}}, "params.yaml: train.quantization.load_in_4bit: 'yes' (str) where BitsAndBytesConfig wants bool"),
+    ("train", {"sft": {"packing": 1}}, "params.yaml: train.sft.packing: 1 (int) where SFTConfig wants bool"),
 ])
 def test_library_config_errors_name_the_key(tmp_path, section, change, message):
-    cfg = params_in(tmp_path, **{section: change})
-    with pytest.raises(PipelineError, match=message.replace(".", r"\.")):
+    base = params_in(tmp_path).train
+    merged = {k: {**getattr(base, k), **v} if isinstance(v, dict) else v for k, v in change.items()}
+    cfg = params_in(tmp_path, **{section: merged})
+    with pytest.raises(PipelineError) as err:
         train.build_configs(cfg, str(tmp_path))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_library_fields_of_the_right_types_pass_nested_dicts_included(tmp_path):
+    base = params_in(tmp_path).train
+    cfg = params_in(tmp_path, train={"sft": {**base.sft, "gradient_checkpointing": True, "learning_rate": 2,
+                                             "gradient_checkpointing_kwargs": {"use_reentrant": False}},
+                                     "lora": {**base.lora, "target_modules": ["q_proj", "v_proj"]}})
+    _, _, lora, sft = train.build_configs(cfg, str(tmp_path))
+    assert sft.gradient_checkpointing_kwargs == {"use_reentrant": False} and sft.learning_rate == 2
+    assert set(lora.target_modules) == {"q_proj", "v_proj"}
 
 
 def test_pipeline_owned_sft_keys_refused(tmp_path):

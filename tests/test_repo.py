@@ -50,15 +50,16 @@ def test_dvc_config_has_default_local_remote_and_no_analytics():
 
 
 def test_gpu_profile_is_valid_params(tmp_path):
-    from src.cloud.profile import apply_overrides, gpu_profile_overrides
+    from src.cloud.profile import load_profile, merged
     from src.stages.train import build_configs
     from tests.conftest import repo_params
 
-    overrides = gpu_profile_overrides()
-    assert len(overrides) >= 15
-    raw = apply_overrides(repo_params(), overrides)  # an unknown key raises
-    cfg = validate_params(raw)
+    overlay, imports = load_profile(ROOT / "profiles/llama2-7b-qlora.yaml")
+    cfg = validate_params(merged(repo_params(), overlay))
     assert cfg.train.quantized and cfg.fetch_base_model.model == "llama-2-7b-chat"
+    # the upstream files, not the samples
+    assert {cfg.paths.raw.orca, cfg.paths.raw.platypus} == set(imports)
+    assert cfg.process_orca_data.subset_rows is None and cfg.process_platypus_data.subset_rows is None
     _, quantization, lora, sft = build_configs(cfg, str(tmp_path))
     assert quantization["bnb_4bit_quant_type"] == "nf4" and quantization["bnb_4bit_use_double_quant"]
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (64, 16, 0.1)

@@ -16,11 +16,16 @@ run started again resumes from the newest complete one of the same configuration
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import inspect
 import json
 import logging
 import os
 import random
 import time
+import types
+import typing
 from pathlib import Path
 
 from src.chat import prompt_ids, training_example, with_system_prompt
@@ -36,6 +41,71 @@ from src.records import output_folder, read_jsonl, write_json
 log = logging.getLogger(__name__)
 
 
+def _type_ok(value, hint) -> bool:
+    """Whether a params value fits a library field's annotation (types params cannot hold, such
+    as torch.dtype, are left to the library's own checks)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, set) or hint in (list, tuple, set):
+        return isinstance(value, list)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return isinstance(value, str)
+    return True
+
+
+def _field_types(cls) -> dict[str, object]:
+    """A library config's field annotations: a dataclass's, then its __init__'s parameters (by
+    annotation, or by the type of the default where there is none)."""
+    hints = {}
+    if dataclasses.is_dataclass(cls):
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # an annotation that does not resolve: the ones that are types
+            hints = {f.name: f.type for f in dataclasses.fields(cls) if not isinstance(f.type, str)}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name in hints:
+            continue
+        if p.annotation is not inspect.Parameter.empty and not isinstance(p.annotation, str):
+            hints[name] = p.annotation
+        elif isinstance(p.default, (bool, int, float, str)):
+            hints[name] = float if type(p.default) is float else type(p.default)
+    return hints
+
+
+def check_library_types(tc) -> None:
+    """A wrongly typed library field (``learning_rate: "2e-4"``, ``r: "16"``) fails here, with one
+    line naming the key, before any model loads: the libraries' configs would take it as given."""
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+    from trl import SFTConfig
+
+    for key, cls, fields in (("quantization", BitsAndBytesConfig, tc.quantization), ("lora", LoraConfig, tc.lora),
+                             ("sft", SFTConfig, tc.sft)):
+        hints = _field_types(cls)
+        for name, value in fields.items():
+            if key == "quantization" and name == "bnb_4bit_compute_dtype" and value == "auto":
+                continue
+            if name in hints and not _type_ok(value, hints[name]):
+                wanted = getattr(hints[name], "__name__", None) or str(hints[name]).replace("typing.", "")
+                raise PipelineError(f"params.yaml: train.{key}.{name}: {value!r} ({type(value).__name__}) "
+                                    f"where {cls.__name__} wants {wanted}")
+
+
 def build_configs(cfg: Params, output_dir: str):
     """The library configs from params; a wrong field fails here, naming its key."""
     from peft import LoraConfig
@@ -43,6 +113,7 @@ def build_configs(cfg: Params, output_dir: str):
     from trl import SFTConfig
 
     tc = cfg.train
+    check_library_types(tc)
     dtype = compute_dtype(tc.precision)
     on_cpu = device_kind() == "cpu"
     quantization = dict(tc.quantization)  # checked even when off, so a typo fails today
