@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cloudkit import FakeStudio, GitHttpOrigin, MotoS3
+from tests.cloudkit import FakeHub, FakeStudio, GitHttpOrigin, MotoS3
 from tests.conftest import OFFLINE, ROOT, files_holding, make_clone, run_cli
 from tests.modelkit import TINY_DAG_SFT, chatml_tokenizer, configure_tiny_dag, tiny_model_folder
 
@@ -68,8 +68,9 @@ def test_training_yaml_passes_skypilot_schema():
     assert set(task.secrets) >= {"HF_TOKEN", "GIT_TOKEN", "DVC_STUDIO_TOKEN", "AWS_ACCESS_KEY_ID"}
     assert all(not v.get_secret_value() for v in task.secrets.values())  # none inline, given at launch
     assert "dvc exp run --pull" in task.run and "dvc exp push" in task.run
-    # the GPU profile is the default; its validity against params: test_repo.test_gpu_profile_is_valid_params
-    assert "train.quantization.load_in_4bit=true" in task.envs["PARAMS"]
+    # the 7B profile is the default; its validity against params: test_profile
+    assert task.envs["PROFILE"] == "profiles/llama2-7b-qlora.yaml" and (ROOT / task.envs["PROFILE"]).is_file()
+    assert task.envs["PARAMS"] == ""
 
 
 def test_vscode_yaml_passes_skypilot_schema():
@@ -109,7 +110,7 @@ def machine_env(home: Path, checkpoint_dir: Path, **envs: str) -> dict[str, str]
     """What SkyPilot exports to setup and run: the task's envs (the YAML's, with --env
     overrides), the secrets, its own variables. The Python environment is this one (setup
     then installs nothing), and the system's PATH: setup and run must activate it themselves."""
-    task = load_task(TRAINING_YAML, **{"CHECKPOINT_BUCKET": "test-checkpoints", "PARAMS": "",
+    task = load_task(TRAINING_YAML, **{"CHECKPOINT_BUCKET": "test-checkpoints", "PARAMS": "", "PROFILE": "",
                                        "CHECKPOINT_DIR": str(checkpoint_dir), "VENV": sys.prefix, **envs})
     home.mkdir(exist_ok=True)
     offline = {k: v for k, v in OFFLINE.items() if not k.startswith("GIT_")}  # git identity: the YAML's
@@ -194,6 +195,36 @@ def model(tmp_path_factory) -> Path:
     return tiny_model_folder(tmp_path_factory.mktemp("model") / "tiny-llama", chatml_tokenizer())
 
 
+def _parquet_head(path: Path, rows: int) -> bytes:
+    import io
+
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(pq.read_table(path).slice(0, rows), out)
+    return out.getvalue()
+
+
+# The Hub's files as the stand-in serves them: the upstream schemas, fewer rows than the samples.
+ORCA_COMMIT, PLATYPUS_COMMIT = "0123456789abcdef0123456789abcdef01234567", "37141edbdb7826378cce118c46a109b813e1f038"
+PLATYPUS_FILE = "data/train-00000-of-00001-4fe2df04669d1669.parquet"
+HUB_ROWS = {"orca": 23, "platypus": 31}
+HUB_FILES = {("Open-Orca/OpenOrca", ORCA_COMMIT, "1M-GPT4-Augmented.parquet"):
+             _parquet_head(ROOT / "data/raw/orca_sample.parquet", HUB_ROWS["orca"]),
+             ("garage-bAInd/Open-Platypus", PLATYPUS_COMMIT, PLATYPUS_FILE):
+             _parquet_head(ROOT / "data/raw/platypus_sample.parquet", HUB_ROWS["platypus"])}
+# The 7B profile's shape on the tiny model: imports (one by branch, one by commit), whole files.
+LOOPBACK_PROFILE = f"""
+imports:
+  data/raw/1M-GPT4-Augmented.parquet: {{dataset: Open-Orca/OpenOrca, revision: main, file: 1M-GPT4-Augmented.parquet}}
+  data/raw/open-platypus.parquet: {{dataset: garage-bAInd/Open-Platypus, revision: {PLATYPUS_COMMIT}, file: {PLATYPUS_FILE}}}
+paths:
+  raw: {{orca: data/raw/1M-GPT4-Augmented.parquet, platypus: data/raw/open-platypus.parquet}}
+process_orca_data: {{subset_rows: null}}
+process_platypus_data: {{subset_rows: null}}
+"""
+
+
 @pytest.fixture(scope="module")
 def s3_run(tmp_path_factory, model):
     """The laptop's clone pushed to an HTTP origin and set to an S3 remote; one uninterrupted
@@ -207,25 +238,31 @@ def s3_run(tmp_path_factory, model):
     origin = GitHttpOrigin(tmp / "git", "x-access-token", SECRETS["GIT_TOKEN"])
     s3 = MotoS3("dvc-remote", SECRETS)
     studio = FakeStudio()
+    hub = FakeHub(HUB_FILES, {("Open-Orca/OpenOrca", "main"): ORCA_COMMIT})
     try:
         laptop = configure_tiny_dag(make_clone(tmp / "laptop"), model)
+        (laptop / "profiles/loopback.yaml").write_text(LOOPBACK_PROFILE)
         run_cli(["dvc", "remote", "add", "-d", "cloud", "s3://dvc-remote/store"], laptop, check=True)
         run_cli(["dvc", "remote", "modify", "cloud", "endpointurl", s3.url], laptop, check=True)
-        run_cli(["git", "commit", "-qam", "S3 remote"], laptop, check=True)
+        run_cli(["git", "add", "profiles/loopback.yaml"], laptop, check=True)
+        run_cli(["git", "commit", "-qam", "S3 remote, a profile on the stand-in Hub"], laptop, check=True)
         run_cli(["git", "remote", "add", "origin", f"{origin.url}/origin.git"], laptop, check=True)
         run_cli(["git", "push", "-q", "origin", "main"], laptop, check=True, env=git_env)
         machine = shutil.copytree(laptop, tmp / "machine", symlinks=True)
         # a gate the tiny model cannot pass: the job must push its experiment, then fail
         env = machine_env(tmp / "machine-home", tmp / "bucket", EXP_NAME="qlora-s3",
                           DVC_STUDIO_URL=studio.url, AWS_DEFAULT_REGION="us-east-1",
-                          PARAMS="-S quality_gate.min_identity_accuracy=1.0")
+                          PROFILE="profiles/loopback.yaml", PARAMS="-S quality_gate.min_identity_accuracy=1.0")
+        env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
         refused = on_machine(machine, {**env, "GIT_TOKEN": "not-the-token"}, setup=False)
         code, output = on_machine(machine, env)
         assert code == 1 and "pushed; to bring it home" in output, output[-4000:]
         home = bring_home(tmp / "home", f"{origin.url}/origin.git", "qlora-s3", git_env)
         yield {"machine": machine, "home": home, "output": output, "refused": refused, "studio": studio.posts,
-               "s3_keys": s3.keys(), "denied": origin.denied, "bucket": tmp / "bucket", "tmp": tmp}
+               "s3_keys": s3.keys(), "denied": origin.denied, "bucket": tmp / "bucket", "tmp": tmp,
+               "hub": hub.requests}
     finally:
+        hub.close()
         origin.close()
         s3.close()
         studio.close()
@@ -250,6 +287,24 @@ def test_cloud_run_pushes_to_s3_and_comes_home_byte_identical(s3_run):
     assert len(s3_run["s3_keys"]) >= 10 and all(k.startswith("store/") for k in s3_run["s3_keys"])
     assert_same_results(s3_run["machine"], s3_run["home"])
     assert not any(s3_run["bucket"].iterdir())  # the experiment's checkpoints went once pushed
+
+
+@pytest.mark.slow
+def test_cloud_run_trains_on_the_files_its_profile_imports_from_the_hub(s3_run):
+    home = s3_run["home"]
+    params = yaml.safe_load((home / "params.yaml").read_text())
+    assert params["paths"]["raw"] == {"orca": "data/raw/1M-GPT4-Augmented.parquet",
+                                      "platypus": "data/raw/open-platypus.parquet"}
+    for source, rows in HUB_ROWS.items():  # every row of the served file, not the samples
+        metrics = json.loads((home / f"data/metrics/process_{source}_data.json").read_text())
+        assert metrics["rows_in"] == rows, source
+    # the experiment records where the files came from, at the commit (the branch was looked up once)
+    orca = yaml.safe_load((home / "data/raw/1M-GPT4-Augmented.parquet.dvc").read_text())
+    assert orca["deps"][0]["path"].endswith(f"/datasets/Open-Orca/OpenOrca/resolve/{ORCA_COMMIT}/1M-GPT4-Augmented.parquet")
+    platypus = yaml.safe_load((home / "data/raw/open-platypus.parquet.dvc").read_text())
+    assert f"/resolve/{PLATYPUS_COMMIT}/{PLATYPUS_FILE}" in platypus["deps"][0]["path"]
+    assert "/api/datasets/Open-Orca/OpenOrca/revision/main" in s3_run["hub"]
+    assert (home / "data/raw/1M-GPT4-Augmented.parquet").read_bytes() == next(iter(HUB_FILES.values()))
 
 
 @pytest.mark.slow
@@ -289,23 +344,32 @@ def test_no_credential_is_written_anywhere(s3_run):
 @pytest.fixture(scope="module")
 def preempted_run(tmp_path_factory, model):
     """The committed local remote, a bare origin on disk, and a managed job preempted twice:
-    three machines in turn, with the same task id and the same checkpoint bucket."""
+    three machines in turn, with the same task id and the same checkpoint bucket. Each machine
+    starts from the laptop's copy, so each imports the profile's files from the Hub again."""
     tmp = tmp_path_factory.mktemp("local")
     run_cli(["git", "init", "-q", "--bare", "-b", "main", str(tmp / "origin.git")], tmp, check=True)
     laptop = configure_tiny_dag(make_clone(tmp / "laptop"), model)
+    (laptop / "profiles/loopback.yaml").write_text(LOOPBACK_PROFILE)
+    run_cli(["git", "add", "profiles/loopback.yaml"], laptop, check=True)
+    run_cli(["git", "commit", "-qm", "a profile on the stand-in Hub"], laptop, check=True)
     run_cli(["git", "remote", "add", "origin", str(tmp / "origin.git")], laptop, check=True)
     run_cli(["git", "push", "-q", "origin", "main"], laptop, check=True)
-    env = machine_env(tmp / "machine-home", tmp / "bucket")  # EXP_NAME empty: named after the task
+    hub = FakeHub(HUB_FILES, {("Open-Orca/OpenOrca", "main"): ORCA_COMMIT})
+    env = machine_env(tmp / "machine-home", tmp / "bucket", PROFILE="profiles/loopback.yaml")  # EXP_NAME empty: named after the task
+    env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
     runs = []
-    for i, fault in enumerate([("train", "step:7"), ("merge_model", "replace"), None]):
-        machine = shutil.copytree(laptop, tmp / f"machine{i}", symlinks=True)
-        code, output = on_machine(machine, env, fault, setup=i == 0)
-        steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (tmp / "bucket").glob("*/*/checkpoint-*"))
-        runs.append({"code": code, "output": output, "steps": steps, "machine": machine})
-    assert runs[-1]["code"] == 0, runs[-1]["output"][-4000:]
-    name = exp_name(runs[-1]["output"])
-    # the committed remote is ~/dvc-storage: the second clone sees the machine's, as a shared disk would
-    home = bring_home(tmp / "home", str(tmp / "origin.git"), name, {"HOME": env["HOME"]})
+    try:
+        for i, fault in enumerate([("train", "step:7"), ("merge_model", "replace"), None]):
+            machine = shutil.copytree(laptop, tmp / f"machine{i}", symlinks=True)
+            code, output = on_machine(machine, env, fault, setup=i == 0)
+            steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (tmp / "bucket").glob("*/*/checkpoint-*"))
+            runs.append({"code": code, "output": output, "steps": steps, "machine": machine})
+        assert runs[-1]["code"] == 0, runs[-1]["output"][-4000:]
+        name = exp_name(runs[-1]["output"])
+        # the committed remote is ~/dvc-storage: the second clone sees the machine's, as a shared disk would
+        home = bring_home(tmp / "home", str(tmp / "origin.git"), name, {"HOME": env["HOME"]})
+    finally:
+        hub.close()
     return {"runs": runs, "home": home, "name": name, "bucket": tmp / "bucket",
             "remote": Path(env["HOME"]) / "dvc-storage"}
 
