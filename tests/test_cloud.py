@@ -67,7 +67,7 @@ def test_training_yaml_passes_skypilot_schema():
     assert task.workdir == "."
     assert set(task.secrets) >= {"HF_TOKEN", "GIT_TOKEN", "DVC_STUDIO_TOKEN", "AWS_ACCESS_KEY_ID"}
     assert all(not v.get_secret_value() for v in task.secrets.values())  # none inline, given at launch
-    assert "dvc exp run --pull" in task.run and "dvc exp push" in task.run
+    assert "dvc exp run --pull" in task.run and "python -m src.cloud.push" in task.run
     # the 7B profile is the default; its validity against params: test_profile
     assert task.envs["PROFILE"] == "profiles/llama2-7b-qlora.yaml" and (ROOT / task.envs["PROFILE"]).is_file()
     assert task.envs["PARAMS"] == ""
@@ -128,7 +128,8 @@ def on_machine(workdir: Path, env: dict[str, str], fault: tuple[str, str] | None
     config = yaml.safe_load(TRAINING_YAML.read_text())
     env = dict(env)
     if fault:
-        env |= {"FAULT_STAGE": f"src.stages.{fault[0]}", "FAULT_KILL": fault[1], "PYTHONPATH": str(FAULTKIT)}
+        stage = fault[0] if fault[0] == "push" else f"src.stages.{fault[0]}"
+        env |= {"FAULT_STAGE": stage, "FAULT_KILL": fault[1], "PYTHONPATH": str(FAULTKIT)}
     out = []
     for key in ("setup", "run")[0 if setup else 1:]:
         proc = subprocess.run(["bash", "-c", config[key]], cwd=workdir, env=env, capture_output=True, text=True)
@@ -359,11 +360,14 @@ def preempted_run(tmp_path_factory, model):
     env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
     runs = []
     try:
-        for i, fault in enumerate([("train", "step:7"), ("merge_model", "replace"), None]):
+        for i, fault in enumerate([("train", "step:7"), ("merge_model", "replace"), ("push", "push-cache"), None]):
             machine = shutil.copytree(laptop, tmp / f"machine{i}", symlinks=True)
             code, output = on_machine(machine, env, fault, setup=i == 0)
             steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (tmp / "bucket").glob("*/*/checkpoint-*"))
-            runs.append({"code": code, "output": output, "steps": steps, "machine": machine})
+            origin_refs = run_cli(["git", "ls-remote", str(tmp / "origin.git"), "refs/exps/*"], tmp).stdout
+            remote_files = sorted(p for p in (Path(env["HOME"]) / "dvc-storage").rglob("*") if p.is_file())
+            runs.append({"code": code, "output": output, "steps": steps, "machine": machine,
+                         "origin_refs": origin_refs, "remote_files": len(remote_files)})
         assert runs[-1]["code"] == 0, runs[-1]["output"][-4000:]
         name = exp_name(runs[-1]["output"])
         # the committed remote is ~/dvc-storage: the second clone sees the machine's, as a shared disk would
@@ -376,7 +380,7 @@ def preempted_run(tmp_path_factory, model):
 
 @pytest.mark.slow
 def test_preempted_run_resumes_from_the_bucket_and_finishes(preempted_run):
-    first, second, third = preempted_run["runs"]
+    first, second, pushing, third = preempted_run["runs"]
     save = TINY_DAG_SFT["save_steps"]
     assert first["code"] != 0 and "faultkit: SIGKILL src.stages.train" in first["output"]
     assert first["steps"] == [save, 2 * save]  # the checkpoints before step 7, in the bucket
@@ -388,6 +392,25 @@ def test_preempted_run_resumes_from_the_bucket_and_finishes(preempted_run):
     assert not any(preempted_run["bucket"].iterdir())  # spent once pushed
     assert preempted_run["name"] == TASK_ID  # one experiment across the job's machines
     assert "warning: the DVC remote is a folder on this machine" in third["output"]
+
+
+@pytest.mark.slow
+def test_a_push_cut_after_the_git_refs_is_made_whole_by_the_recovered_run(preempted_run):
+    """The third machine dies inside dvc exp push, after the ref reached origin and before any
+    output reached the DVC remote. On the fourth, dvc exp push finds the remote ref diverged,
+    warns and uploads nothing; the check sees it, pushes again over the stale ref, and only
+    then are the checkpoints deleted."""
+    pushing, recovered = preempted_run["runs"][2:]
+    name = preempted_run["name"]
+    assert pushing["code"] != 0 and "faultkit: SIGKILL push (push-cache)" in pushing["output"]
+    assert pushing["origin_refs"].rstrip().endswith(f"/{name}")  # the ref reached origin,
+    assert pushing["remote_files"] == 0  # its outputs did not
+    assert pushing["steps"] and "pushed; to bring it home" not in pushing["output"]  # checkpoints kept
+    out = recovered["output"]
+    assert "diverged" in out  # DVC's own warning: its push alone exits 0 having uploaded nothing
+    assert f"push 1 of 4 left it incomplete: origin has {pushing['origin_refs'][:7]}" in out
+    assert f"experiment {name} is whole on origin and the DVC remote (push 2)" in out
+    assert recovered["origin_refs"] != pushing["origin_refs"] and recovered["remote_files"] > 0
 
 
 @pytest.mark.slow

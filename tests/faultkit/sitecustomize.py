@@ -4,7 +4,9 @@ Put this folder on PYTHONPATH and set ``FAULT_STAGE`` to a stage module (``src.s
 and ``FAULT_KILL`` to one of:
   ``step:N``   when training is about to take optimizer step N + 1 (N steps done);
   ``save:N``   while the checkpoint of step N is being written (adapter written, optimizer not);
-  ``replace``  just before a finished ``*.tmp`` file or ``*.partial`` folder is renamed into place.
+  ``replace``  just before a finished ``*.tmp`` file or ``*.partial`` folder is renamed into place;
+  ``push-cache`` in ``dvc exp push`` (FAULT_STAGE ``push``): after the git refs are pushed, before
+               the DVC cache is uploaded.
 Only the process whose command line names FAULT_STAGE is affected (not dvc, not other stages).
 """
 
@@ -55,11 +57,18 @@ def _patch_renames() -> None:
     os.replace, os.rename = guard(os.replace), guard(os.rename)
 
 
-class _TrainerHook:
-    """Patches transformers.trainer right after it is first imported."""
+def _patch_exp_push(push_module) -> None:
+    push_module._push_cache = lambda *args, **kwargs: _die()
+
+
+class _ModuleHook:
+    """Calls ``patch(module)`` right after ``name`` is first imported."""
+
+    def __init__(self, name, patch):
+        self.name, self.patch = name, patch
 
     def find_spec(self, name, path, target=None):
-        if name != "transformers.trainer":
+        if name != self.name:
             return None
         import importlib.util
 
@@ -69,7 +78,7 @@ class _TrainerHook:
 
         def exec_module(module):
             execute(module)
-            _patch_trainer(module)
+            self.patch(module)
 
         spec.loader.exec_module = exec_module
         return spec
@@ -79,4 +88,6 @@ if _STAGE and _STAGE in getattr(sys, "orig_argv", ()):
     if _KILL == "replace":
         _patch_renames()
     elif _KILL.startswith(("step:", "save:")):
-        sys.meta_path.insert(0, _TrainerHook())
+        sys.meta_path.insert(0, _ModuleHook("transformers.trainer", _patch_trainer))
+    elif _KILL == "push-cache" and "exp" in sys.orig_argv:
+        sys.meta_path.insert(0, _ModuleHook("dvc.repo.experiments.push", _patch_exp_push))
