@@ -1,8 +1,14 @@
-"""Entry-point glue shared by every stage: logging, params, and one-line errors.
+"""Entry-point glue shared by every stage: credentials, logging, params, and one-line errors.
 
 A stage module ends with ``if __name__ == "__main__": raise SystemExit(run(main))``.
 Bad input (a ``PipelineError``) is reported as one line on stderr with exit code 1;
 ``--debug`` or ``LOG_LEVEL=DEBUG`` adds the traceback.
+
+A stage sees no credential it does not use: before anything else, ``run`` starts the stage
+again in the same process (``execve``) with every name in ``SECRET_ENV`` removed from its
+environment but those the stage names (the Hub token for ``fetch_base_model``, the DVC Studio
+token for ``train``'s live metrics). Code a model brings (``trust_remote_code``) or a library
+reads cannot see a git token or cloud keys, not even in ``/proc/self/environ``.
 """
 
 from __future__ import annotations
@@ -18,11 +24,27 @@ from src.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
+# Credentials a cloud run or a shell may hold; git and DVC use them, stages mostly do not.
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GIT_TOKEN", "GIT_PASSWORD", "GITHUB_TOKEN", "GH_TOKEN",
+              "GITLAB_TOKEN", "DVC_STUDIO_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+              "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
+              "AZURE_CLIENT_SECRET", "GOOGLE_APPLICATION_CREDENTIALS", "WANDB_API_KEY")
+
+
+def drop_secrets(keep: tuple[str, ...] = ()) -> None:
+    """Start this process again without the credentials it does not use (see the module doc)."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV or k in keep}
+    if len(env) < len(os.environ):
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
 
 def run(main: Callable[..., object], description: str | None = None,
         add_args: Callable[[argparse.ArgumentParser], None] | None = None,
-        argv: list[str] | None = None) -> int:
-    """Parse arguments, configure logging, load and validate params, call ``main(cfg, **args)``."""
+        argv: list[str] | None = None, secrets: tuple[str, ...] = ()) -> int:
+    """Drop the credentials not in ``secrets``, parse arguments, configure logging, load and
+    validate params, call ``main(cfg, **args)``."""
+    if argv is None:
+        drop_secrets(secrets)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--debug", action="store_true", help="log at DEBUG level and show tracebacks")
     if add_args:

@@ -77,12 +77,26 @@ def run_cli(args: list[str], cwd: Path, check: bool = False,
 
 
 def files_holding(root: Path, values) -> list[str]:
-    """``"<file>: <value>"`` for each of ``values`` (secrets, say) found in any file under ``root``."""
+    """``"<file>: <value>"`` for each of ``values`` (secrets, say) found in any file under ``root``,
+    git's compressed objects read uncompressed: loose ones inflated, packed ones through
+    ``git cat-file --batch-all-objects``."""
+    import zlib
+
     found, wanted = [], [v.encode() for v in values]
     for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            found += [f"{path}: {v.decode()}" for v in wanted if v in data]
+        if not path.is_file() or path.is_symlink():
+            continue
+        data = path.read_bytes()
+        if path.parent.parent.name == "objects" and len(path.parent.name) == 2:  # a loose git object
+            try:
+                data += zlib.decompress(data)
+            except zlib.error:
+                pass
+        elif path.suffix == ".pack" and path.parent.name == "pack":
+            git_dir = path.parent.parent.parent
+            data += subprocess.run(["git", "--git-dir", str(git_dir), "cat-file", "--batch-all-objects", "--batch"],
+                                   capture_output=True).stdout
+        found += [f"{path}: {v.decode()}" for v in wanted if v in data]
     return found
 
 

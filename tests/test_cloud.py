@@ -95,13 +95,21 @@ def test_cloud_scripts_are_valid_bash():
         assert os.access(script, os.X_OK) and run_cli(["bash", "-n", str(script)], ROOT).returncode == 0
 
 
-def test_askpass_answers_from_the_environment_only():
+def test_askpass_answers_from_the_environment_only_for_the_origins_host(tmp_path):
     askpass = str(ROOT / "src/cloud/git_askpass.sh")
+    run_cli(["git", "init", "-q"], tmp_path, check=True)
+    run_cli(["git", "remote", "add", "origin", "https://github.com/me/finetune.git"], tmp_path, check=True)
     env = {"GIT_TOKEN": "t0ken"}
-    assert run_cli([askpass, "Username for 'https://github.com': "], ROOT, env=env).stdout == "x-access-token\n"
-    assert run_cli([askpass, "Password for 'https://x@github.com': "], ROOT, env=env).stdout == "t0ken\n"
-    missing = run_cli([askpass, "Password: "], ROOT, env={"GIT_TOKEN": ""})
+    assert run_cli([askpass, "Username for 'https://github.com': "], tmp_path, env=env).stdout == "x-access-token\n"
+    assert run_cli([askpass, "Password for 'https://x@github.com': "], tmp_path, env=env).stdout == "t0ken\n"
+    missing = run_cli([askpass, "Password for 'https://x@github.com': "], tmp_path, env={"GIT_TOKEN": ""})
     assert missing.returncode != 0 and "--secret GIT_TOKEN" in missing.stderr
+    for prompt in ("Password for 'https://x@evil.example': ", "Password for 'https://x@github.com.evil.example': ",
+                   "Password for 'https://x@github.com:8443': ", "Password: "):
+        other = run_cli([askpass, prompt], tmp_path, env=env)
+        assert other.returncode != 0 and other.stdout == "" and "only for the origin, 'github.com'" in other.stderr
+    run_cli(["git", "remote", "remove", "origin"], tmp_path, check=True)
+    assert run_cli([askpass, "Password for 'https://x@github.com': "], tmp_path, env=env).stdout == ""
 
 
 # --- the simulated cloud machine -------------------------------------------------------------

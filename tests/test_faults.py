@@ -50,11 +50,17 @@ COMPARED = ["data/final/train.jsonl", "data/final/val.jsonl", "data/final/report
             "sanity_check_result/result.csv"]
 
 
-def dvc(repo: Path, *args: str, fault: tuple[str, str] | None = None, log: list | None = None):
+def dvc(repo: Path, *args: str, fault: tuple[str, str] | None = None, log: list | None = None,
+        record: Path | None = None):
+    """dvc with the fake credentials in its environment; ``fault``: a kill (see faultkit);
+    ``record``: a folder where each stage process writes the names in its environment."""
     env = {**SECRETS}
+    if fault or record:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAULTKIT), os.environ.get("PYTHONPATH")]))
     if fault:
-        env |= {"FAULT_STAGE": f"src.stages.{fault[0]}", "FAULT_KILL": fault[1],
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTKIT), os.environ.get("PYTHONPATH")]))}
+        env |= {"FAULT_STAGE": f"src.stages.{fault[0]}", "FAULT_KILL": fault[1]}
+    if record:
+        env["ENV_RECORD_DIR"] = str(record)
     proc = run_cli(["dvc", *args], repo, env=env)
     if log is not None:
         log.append(proc.stdout + proc.stderr)
@@ -89,10 +95,11 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, model):
     repo = configure_tiny_dag(make_clone(tmp_path_factory.mktemp("reference") / "repo"), model)
-    log = []
-    proc = dvc(repo, "repro", log=log)
+    log, record = [], repo.parent / "environments"
+    record.mkdir()
+    proc = dvc(repo, "repro", log=log, record=record)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return repo, log
+    return repo, log, record
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +168,7 @@ def test_final_outputs_equal_an_uninterrupted_run(faulted, reference):
     from safetensors.torch import load_file
 
     repo, _, _, _ = faulted
-    ref, _ = reference
+    ref, _, _ = reference
     for rel in ("models/adapter/adapter_model.safetensors", "models/merged/model.safetensors"):
         mine, theirs = load_file(repo / rel), load_file(ref / rel)
         assert mine.keys() == theirs.keys()
@@ -177,17 +184,48 @@ def test_final_outputs_equal_an_uninterrupted_run(faulted, reference):
 
 def test_no_credential_from_the_environment_is_written_or_printed(faulted, reference):
     repo, log, seen, _ = faulted
-    ref, ref_log = reference
+    ref, ref_log, _ = reference
     assert seen["secrets_mid_run"] == []
     assert scan_for_secrets(repo) == [] and scan_for_secrets(ref) == []
     printed = "\n".join(log + ref_log)
     assert not [v for v in SECRETS.values() if v in printed]
 
 
+# The credentials a stage may see: the Hub token to download, the Studio token for live metrics.
+STAGE_SECRETS = {"fetch_base_model": {"HF_TOKEN"}, "train": {"DVC_STUDIO_TOKEN"}}
+
+
+def test_each_stage_sees_only_the_credentials_it_uses(reference):
+    """Every fake credential is in dvc's environment; each stage process's own environment (read
+    from /proc/self/environ as it exits) holds only those of STAGE_SECRETS."""
+    _, _, record = reference
+    seen: dict[str, set[str]] = {}
+    for path in record.glob("*.json"):
+        entry = json.loads(path.read_text())
+        seen.setdefault(path.stem.rsplit("-", 1)[0], set()).update(set(entry["names"]) & SECRETS.keys())
+    assert set(seen) == {s.split("@")[0] for s in OUTS} | {"quality_gate"}  # every stage ran and was recorded
+    assert seen == {stage: STAGE_SECRETS.get(stage, set()) for stage in seen}
+    assert "PATH" in json.loads(next(record.glob("train-*.json")).read_text())["names"]  # the record can fail
+
+
 def test_the_scan_finds_a_planted_credential(tmp_path):
     (tmp_path / "deep/er").mkdir(parents=True)
     (tmp_path / "deep/er/log.bin").write_bytes(b"\x00token=" + SECRETS["HF_TOKEN"].encode() + b"\x00")
     assert scan_for_secrets(tmp_path) == [f"{tmp_path / 'deep/er/log.bin'}: {SECRETS['HF_TOKEN']}"]
+
+
+def test_the_scan_finds_a_credential_inside_git_objects(tmp_path):
+    """Committed, then removed from the work tree: found compressed in a loose object, then packed."""
+    run_cli(["git", "init", "-q"], tmp_path, check=True)
+    (tmp_path / "notes.txt").write_text(f"token: {SECRETS['GIT_PASSWORD']}\n")
+    run_cli(["git", "add", "notes.txt"], tmp_path, check=True)
+    run_cli(["git", "commit", "-qm", "notes"], tmp_path, check=True)
+    (tmp_path / "notes.txt").unlink()
+    loose = scan_for_secrets(tmp_path)
+    assert len(loose) == 1 and "/.git/objects/" in loose[0]
+    run_cli(["git", "gc", "-q"], tmp_path, check=True)
+    packed = scan_for_secrets(tmp_path)
+    assert len(packed) == 1 and packed[0].split(":")[0].endswith(".pack")
 
 
 def test_dvc_exp_show_reports_zero_train_val_prompt_overlap(faulted):

@@ -33,4 +33,4 @@ def main(cfg: Params) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main, __doc__))
+    raise SystemExit(run(main, __doc__, secrets=("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")))

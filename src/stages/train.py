@@ -418,4 +418,4 @@ def main(cfg: Params):
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main, __doc__))
+    raise SystemExit(run(main, __doc__, secrets=("DVC_STUDIO_TOKEN",)))  # live metrics

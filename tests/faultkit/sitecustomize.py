@@ -8,6 +8,10 @@ and ``FAULT_KILL`` to one of:
   ``push-cache`` in ``dvc exp push`` (FAULT_STAGE ``push``): after the git refs are pushed, before
                the DVC cache is uploaded.
 Only the process whose command line names FAULT_STAGE is affected (not dvc, not other stages).
+
+With ``ENV_RECORD_DIR`` set, every stage process (``-m src.stages.<stage>``) that exits writes the
+names in its own ``/proc/self/environ`` to ``<ENV_RECORD_DIR>/<stage>-<pid>.json``: the
+environment the stage's code could read.
 """
 
 import os
@@ -91,3 +95,21 @@ if _STAGE and _STAGE in getattr(sys, "orig_argv", ()):
         sys.meta_path.insert(0, _ModuleHook("transformers.trainer", _patch_trainer))
     elif _KILL == "push-cache" and "exp" in sys.orig_argv:
         sys.meta_path.insert(0, _ModuleHook("dvc.repo.experiments.push", _patch_exp_push))
+
+
+def _record_environment(folder: str, module: str) -> None:
+    import atexit
+    import json
+
+    def record():
+        with open("/proc/self/environ", "rb") as f:
+            names = sorted({entry.partition(b"=")[0].decode() for entry in f.read().split(b"\0") if entry})
+        with open(os.path.join(folder, f"{module.rsplit('.', 1)[-1]}-{os.getpid()}.json"), "w") as f:
+            json.dump({"argv": sys.orig_argv[1:], "names": names}, f)
+
+    atexit.register(record)
+
+
+_argv = getattr(sys, "orig_argv", [])
+if os.environ.get("ENV_RECORD_DIR") and "-m" in _argv[:-1] and _argv[_argv.index("-m") + 1].startswith("src.stages."):
+    _record_environment(os.environ["ENV_RECORD_DIR"], _argv[_argv.index("-m") + 1])
