@@ -12,10 +12,12 @@ later stage loads that folder with :func:`load_tokenizer` and :func:`load_model`
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +66,14 @@ def resolve_source(model: str, revision: str | None) -> ModelSource:
 
 
 def _hub_source(repo: str, revision: str | None) -> ModelSource:
+    look_up = (f"python -c \"from huggingface_hub import HfApi; "
+               f"print(HfApi().model_info('{repo}', revision='{revision or 'main'}').sha)\"")
     if not revision:
-        raise PipelineError(
-            f"params.yaml: fetch_base_model.revision: {repo} is a Hub model; pin the commit to "
-            f"download (python -c \"from huggingface_hub import HfApi; "
-            f"print(HfApi().model_info('{repo}').sha)\")")
+        raise PipelineError(f"params.yaml: fetch_base_model.revision: {repo} is a Hub model; pin the commit "
+                            f"to download ({look_up})")
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+        raise PipelineError(f"params.yaml: fetch_base_model.revision: '{revision}' is not a commit SHA (40 hex "
+                            f"digits; a branch or tag can move); look it up with {look_up}")
     return ModelSource("hub", repo, revision)
 
 
@@ -106,6 +111,9 @@ def fetch(source: ModelSource, dest: Path, fc) -> None:
     tokenizer.save_pretrained(dest)
     if fc.chat_template:
         record["chat_template"] = fc.chat_template
+    record["weights_sha256"] = {p.name: _sha256(p) for p in sorted(dest.glob("*.safetensors"))}
+    for path in sorted(dest.glob("*.safetensors")):
+        check_safetensors(path)
     (dest / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
@@ -219,6 +227,40 @@ def _download_hub(repo: str, revision: str | None, dest: Path, allow_pickle: boo
         return revision or ""
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_safetensors(path: Path) -> None:
+    """Open a safetensors file and read every tensor's header: a truncated or corrupt file is
+    one line naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                f.get_slice(name).get_shape()
+    except (SafetensorError, OSError) as err:
+        raise PipelineError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())})") from err
+
+
+def check_weight_digests(folder: Path) -> None:
+    """The weights of a fetched folder are the ones fetch recorded (sha256 in source.json)."""
+    source = folder / SOURCE_FILE
+    recorded = json.loads(source.read_text()).get("weights_sha256") if source.is_file() else None
+    for name, digest in (recorded or {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise PipelineError(f"{path}: missing; {SOURCE_FILE} lists it (run dvc repro fetch_base_model)")
+        if _sha256(path) != digest:
+            raise PipelineError(f"{path}: its sha256 differs from the one fetch recorded in {SOURCE_FILE} "
+                                "(corrupt or changed; run dvc repro fetch_base_model)")
+
+
 def _copy_local(src: Path, dest: Path, allow_pickle: bool = False) -> None:
     check_model_folder(src, allow_pickle)
     ignored = [".cache"] + ([] if allow_pickle else PICKLE_PATTERNS)
@@ -304,6 +346,7 @@ def load_model(path: str | Path, dtype, quantization: dict | None = None,
     _require_folder(path)
     if not any(Path(path).glob("*.safetensors")):
         raise PipelineError(f"{path}: no model weights (*.safetensors); run dvc repro fetch_base_model")
+    check_weight_digests(Path(path))
     kwargs = {}
     if quantization:
         kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
@@ -312,8 +355,13 @@ def load_model(path: str | Path, dtype, quantization: dict | None = None,
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # a launcher's process: its GPU
     elif quantization:
         kwargs["device_map"] = "cpu"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                 use_safetensors=True, **kwargs)
+    from safetensors import SafetensorError
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True, **kwargs)
+    except SafetensorError as err:
+        raise PipelineError(f"{path}: cannot read its weights ({' '.join(str(err).split())})") from err
     if quantization and device_kind() == "cpu":
         keep_4bit_trainable(model)
     return model

@@ -105,8 +105,12 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Record]:
                 raise PipelineError(f"{path}:{lineno}: not a valid record ({detail})") from err
 
 
-def os_reason(err: OSError, *ours: Path) -> str:
-    """An OS error's reason, naming the path it concerns when that is not one of ``ours``."""
+def os_reason(err: Exception, *ours: Path) -> str:
+    """An OS error's reason, naming the path it concerns when that is not one of ``ours``; for
+    safetensors' own write error, the OS message inside it."""
+    if not isinstance(err, OSError):
+        found = re.search(r'error: (.+?) \(os error \d+\)|message: "([^"]+)"', str(err))
+        return next(filter(None, found.groups())) if found else " ".join(str(err).split())
     reason = err.strerror or str(err)
     if err.filename and Path(err.filename) not in ours:
         reason += f": {err.filename}"
@@ -149,6 +153,10 @@ def output_folder(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
         os.replace(partial, path)
     except OSError as err:
+        raise PipelineError(f"{path}: cannot write ({os_reason(err, path, partial)})") from err
+    except Exception as err:  # safetensors reports a failed write (disk full) as SafetensorError
+        if type(err).__name__ != "SafetensorError":
+            raise
         raise PipelineError(f"{path}: cannot write ({os_reason(err, path, partial)})") from err
     finally:
         shutil.rmtree(partial, ignore_errors=True)

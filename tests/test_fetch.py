@@ -28,17 +28,83 @@ def test_presets_and_sources():
     llama = modeling.resolve_source("llama-2-7b-chat", SHA)
     assert (llama.kind, llama.location, llama.revision) == ("hub", "meta-llama/Llama-2-7b-chat-hf", SHA)
     assert modeling.resolve_source("llama-2-13b-chat", SHA).location == "meta-llama/Llama-2-13b-chat-hf"
-    assert modeling.resolve_source("org/model", "main").kind == "hub"
+    assert modeling.resolve_source("org/model", SHA).kind == "hub"
 
 
 @pytest.mark.parametrize("model, revision, message", [
     ("llama-2-7b-chat", None, "fetch_base_model.revision: meta-llama/Llama-2-7b-chat-hf is a Hub model"),
     ("org/model", None, "fetch_base_model.revision: org/model"),
+    ("org/model", "main", "fetch_base_model.revision: 'main' is not a commit SHA (40 hex digits; a branch or tag "
+                          "can move); look it up with python -c \"from huggingface_hub import HfApi; "
+                          "print(HfApi().model_info('org/model', revision='main').sha)\""),
+    ("llama-2-7b-chat", SHA[:12], f"fetch_base_model.revision: '{SHA[:12]}' is not a commit SHA"),
+    ("org/model", SHA.upper(), "is not a commit SHA"),
     ("./no/such/folder", None, "fetch_base_model.model: './no/such/folder' is not a preset"),
 ])
 def test_source_errors_name_the_key(model, revision, message):
-    with pytest.raises(PipelineError, match=message.replace(".", r"\.").replace("(", r"\(")):
+    with pytest.raises(PipelineError) as err:
         modeling.resolve_source(model, revision)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fetch_records_each_weight_files_sha256_and_load_checks_it(tmp_path, hub_folder):
+    import hashlib
+
+    cfg = params_in(tmp_path, fetch_base_model={"model": str(hub_folder)})
+    fetch_base_model.main(cfg)
+    base = Path(cfg.paths.base_model)
+    recorded = json.loads((base / modeling.SOURCE_FILE).read_text())["weights_sha256"]
+    assert recorded == {"model.safetensors": hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()}
+    modeling.load_model(base, None)  # as fetched: loads
+    weights = bytearray((base / "model.safetensors").read_bytes())
+    weights[-100] ^= 0xFF  # one flipped byte in a tensor: safetensors itself would not notice
+    (base / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(PipelineError) as err:
+        modeling.load_model(base, None)
+    assert str(err.value) == (f"{base / 'model.safetensors'}: its sha256 differs from the one fetch recorded in "
+                              "source.json (corrupt or changed; run dvc repro fetch_base_model)")
+
+
+def test_a_truncated_weight_file_is_one_line_at_fetch_and_at_load(tmp_path, hub_folder):
+    folder = shutil.copytree(hub_folder, tmp_path / "model")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    cfg = params_in(tmp_path, fetch_base_model={"model": str(folder)})
+    with pytest.raises(PipelineError) as err:
+        fetch_base_model.main(cfg)
+    assert str(err.value).startswith(f"{Path(cfg.paths.base_model).with_name('base.partial') / 'model.safetensors'}: "
+                                     "not a readable safetensors file (") and "\n" not in str(err.value)
+    assert not Path(cfg.paths.base_model).exists()
+    with pytest.raises(PipelineError) as err:  # a folder loaded as it is (no source.json): safetensors' own error
+        modeling.load_model(folder, None)
+    assert str(err.value).startswith(f"{folder}: cannot read its weights (") and "\n" not in str(err.value)
+
+
+def test_a_real_safetensors_write_error_is_one_line(tmp_path, hub_folder):
+    """A write the OS refuses (here the file-size limit, RLIMIT_FSIZE, failing it as a full disk
+    would) reaches us from safetensors as its own SafetensorError, not OSError; the stage turns
+    it into the same one line."""
+    import resource
+    import signal
+
+    from src.records import output_folder
+
+    model = modeling.load_model(hub_folder, None)
+    out = tmp_path / "merged"
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        with pytest.raises(PipelineError) as err:
+            with output_folder(out) as partial:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, limits[1]))
+                try:
+                    model.save_pretrained(partial)
+                finally:
+                    resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    finally:
+        signal.signal(signal.SIGXFSZ, handler)
+    assert str(err.value) == f"{out}: cannot write (File too large)"
+    assert err.value.__cause__.__class__.__name__ == "SafetensorError"
+    assert not out.exists() and not out.with_name("merged.partial").exists()
 
 
 def test_hub_download_pins_revision_and_reads_token_from_env(tmp_path, hub_folder, monkeypatch):
