@@ -11,12 +11,20 @@ model's files, the library versions and the number of processes.
                                                     trainer state (step, data position, logs)
     <root>/<fingerprint>/checkpoint-<step>/manifest.json   written last: every file and its size
     <root>/<fingerprint>/.staging/                  where a checkpoint is written before the rename
+    <root>/<fingerprint>/.lock                      held (flock) by the run training this configuration
 
 A checkpoint is complete when its folder has been renamed into place and every file its
 manifest lists is there with the listed size (the manifest also covers object-store
 mounts, where a folder rename is a copy). On start, training resumes from the newest
 complete checkpoint of its own fingerprint; folders of other fingerprints are left alone,
 with a log line that names the settings that differ.
+
+Two runs of one configuration that share the root (``dvc queue`` workers, two ``--temp``
+experiments, two jobs on one bucket) would write the same staging folder and prune each other's
+checkpoints: the first process of a run holds an exclusive lock on the folder while it trains,
+and a second run stops at once with one line naming the holder. A lock dies with its process
+(even by SIGKILL), so a preempted machine never leaves one behind; on a file system without
+locks (some bucket mounts) training goes on with a warning.
 
 A run that succeeds deletes its configuration's checkpoints, unless ``TRAIN_KEEP_CHECKPOINTS``
 is set (sky-training.yaml sets it, and deletes the folder once the results are pushed): then
@@ -25,6 +33,8 @@ a rerun resumes from the final checkpoint and trains no further steps.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -43,6 +53,7 @@ KEEP_ENV_VAR = "TRAIN_KEEP_CHECKPOINTS"
 FINGERPRINT_FILE = "fingerprint.json"
 MANIFEST_FILE = "manifest.json"
 STAGING = ".staging"
+LOCK_FILE = ".lock"
 PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"  # what transformers.Trainer names it
 # SFT settings that change logging, evaluation or checkpointing but not the trained weights.
@@ -161,10 +172,44 @@ class CheckpointStore:
         self.id = fingerprint_id(inputs)
         self.dir = root / self.id
         self.staging = self.dir / STAGING
+        self._lock = None  # the open lock file while this process holds it
+        _STORES.append(self)
 
-    def prepare(self) -> None:
-        """Create this configuration's folder, remove a checkpoint left half-written, and log
-        why the checkpoints of other configurations are not used."""
+    def lock(self) -> None:
+        """Hold this configuration's folder for this process, or stop with one line if another
+        run holds it."""
+        path = self.dir / LOCK_FILE
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until the process ends)
+        except OSError as err:
+            raise PipelineError(f"{self.dir}: cannot write checkpoints ({err.strerror or err}); "
+                                f"check paths.checkpoints or {ENV_VAR}") from err
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise PipelineError(f"{self.dir}: another run of this configuration is training here ({holder}); "
+                                f"wait for it to end, or give this run its own {ENV_VAR}") from None
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            log.warning("%s: the file system cannot lock (%s); make sure no other run of this "
+                        "configuration uses this folder", self.dir, err.strerror)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        handle.flush()
+        self._lock = handle
+
+    def prepare(self, lock: bool = True) -> None:
+        """Create this configuration's folder and hold it (``lock``: the run's first process),
+        remove a checkpoint left half-written, and log why the checkpoints of other
+        configurations are not used."""
+        if lock:
+            self.lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_json(self.dir / FINGERPRINT_FILE, self.inputs, sync=True)
@@ -242,3 +287,19 @@ class CheckpointStore:
     def remove(self) -> None:
         """Delete this configuration's checkpoints (its adapter is saved; they are spent)."""
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the folder (the process ending does the same)."""
+        if self._lock:
+            self._lock.close()
+            self._lock = None
+
+
+_STORES: list[CheckpointStore] = []
+
+
+def release_all() -> None:
+    """Release every folder this process holds (a run that ended, or failed, in-process)."""
+    while _STORES:
+        _STORES.pop().release()

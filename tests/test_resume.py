@@ -196,6 +196,50 @@ def test_unwritable_checkpoint_root_is_one_line(tmp_path):
     assert str(blocker / "checkpoints") in str(err.value) and "TRAIN_CHECKPOINT_DIR" in str(err.value)
 
 
+HOLDER = """
+import sys, time
+from pathlib import Path
+from src.checkpoints import CheckpointStore
+store = CheckpointStore(Path(sys.argv[1]), {"params": {"lr": 1}}, keep=2)
+store.prepare()
+(store.staging / "checkpoint-3").mkdir(parents=True)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_two_runs_of_one_configuration_cannot_share_its_folder(tmp_path):
+    """Another process trains this configuration in the same root: the second run stops with one
+    line naming the holder and touches nothing; once the holder dies (SIGKILL), the lock is gone."""
+    import os
+    import subprocess
+    import sys
+
+    from src.errors import PipelineError
+    from tests.conftest import ROOT
+
+    root = tmp_path / "checkpoints"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = CheckpointStore(root, {"params": {"lr": 1}}, keep=2)
+        with pytest.raises(PipelineError) as err:
+            second.prepare()
+        assert str(err.value) == (f"{second.dir}: another run of this configuration is training here (pid "
+                                  f"{holder.pid} on {os.uname().nodename}); wait for it to end, or give this "
+                                  "run its own TRAIN_CHECKPOINT_DIR")
+        assert (second.staging / "checkpoint-3").is_dir()  # the holder's staging left alone
+        other = CheckpointStore(root, {"params": {"lr": 2}}, keep=2)  # another configuration: its own folder
+        other.prepare()
+        other.release()
+    finally:
+        holder.kill()
+        holder.wait()
+    second.prepare()  # the killed holder left no lock: this run takes over, tidying its staging
+    assert not second.staging.exists()
+    second.release()
+
+
 def test_stopped_qlora_run_resumes_to_the_same_adapter(tmp_path, monkeypatch):
     """TRL keeps QLoRA adapters in bfloat16 while PEFT loads a checkpoint's adapter in float32;
     the resumed run must go on in the run's own dtype to end where the uninterrupted one does."""

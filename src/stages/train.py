@@ -29,7 +29,7 @@ import typing
 from pathlib import Path
 
 from src.chat import prompt_ids, training_example, with_system_prompt
-from src.checkpoints import (PREFIX, TRAINER_STATE, CheckpointStore, checkpoint_root, finished,
+from src.checkpoints import (PREFIX, TRAINER_STATE, CheckpointStore, checkpoint_root, finished, release_all,
                              fingerprint_inputs, keep_after_success, step_of)
 from src.cli import run
 from src.config import Params
@@ -273,6 +273,14 @@ def select_by_length(examples: list[dict], lengths: list[int], max_length: int |
 
 def main(cfg: Params):
     """Train and save; returns the trainer (tests inspect its model and history)."""
+    try:
+        return run_training(cfg)
+    finally:
+        release_all()  # the checkpoint folder's lock, when a run ends in-process
+
+
+def run_training(cfg: Params):
+    """main without the release of the checkpoint folder."""
     relaunch_if_needed(cfg.train.distributed)  # under accelerate launch, when params ask for it
     import torch
     from datasets import Dataset
@@ -319,10 +327,10 @@ def main(cfg: Params):
         raise PipelineError(f"{paths.train}: no record keeps a completion token within max_length {max_length}")
 
     # Checkpoints: resume from the newest complete one of this configuration, if any. Under
-    # torchrun or accelerate, the first process of all tidies the folder before the others look
-    # (machines share it when it is a mounted bucket).
+    # torchrun or accelerate, the first process of all holds the folder and tidies it before the
+    # others look (machines share it when it is a mounted bucket).
     with sft_config.main_process_first(local=False, desc="checkpoint folder"):
-        store.prepare()
+        store.prepare(lock=sft_config.process_index == 0)
     resume = store.latest()
     if resume:
         log.info("resuming from %s (step %d)", resume, step_of(resume))
