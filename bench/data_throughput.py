@@ -1,9 +1,11 @@
 """process_orca_data at scale: the stage on subsets of a 1M-row Orca file, against a naive
-baseline (pandas reads the whole file, then samples), each in its own process.
+baseline (pandas reads the three columns the stage needs, whole, then samples), each in its
+own process; and the stage on the same rows written as a single row group, the layout where a
+reader that takes whole column chunks holds a gigabyte at once.
 
 For each case it prints wall time and peak RSS; then the baseline/stage ratios for the 10k
-subset. Goals for the 10k subset: at most 15 s and 1.5 GB peak RSS on 2 cores. The last line
-is a one-line summary.
+subset. Goals for the 10k subset, either layout: at most 15 s and 1.5 GB peak RSS on 2 cores.
+The last line is a one-line summary.
 
     python bench/make_big_orca.py                    # bench/data/orca_1m.parquet, once
     python bench/data_throughput.py [--file PATH]
@@ -37,9 +39,15 @@ process_orca_data.main(cfg.model_copy(update={{"paths": paths, "process_orca_dat
 
 NAIVE = """
 import pandas as pd
-frame = pd.read_parquet({file!r})
+frame = pd.read_parquet({file!r}, columns=["system_prompt", "question", "response"])
 subset = frame.sample(n={rows}, random_state=0)
 subset.to_json({out!r} + "/orca.jsonl", orient="records", lines=True)
+"""
+
+ONE_GROUP = """
+import pyarrow.parquet as pq
+table = pq.read_table({file!r})
+pq.write_table(table, {out!r}, row_group_size=table.num_rows)
 """
 
 
@@ -65,20 +73,25 @@ def main() -> None:
         raise SystemExit(f"error: {args.file}: not found; write it with python bench/make_big_orca.py")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, template, rows in (("stage 10k", STAGE, 10_000), ("stage 100k", STAGE, 100_000),
-                                     ("naive 10k", NAIVE, 10_000)):
-            out = Path(tmp) / name.replace(" ", "-")
+        single = Path(tmp) / "one-row-group.parquet"
+        measure(ONE_GROUP.format(file=str(args.file), out=str(single)))  # in its own process: this one stays small
+        for name, template, rows, file in (("stage 10k", STAGE, 10_000, args.file),
+                                           ("stage 100k", STAGE, 100_000, args.file),
+                                           ("naive 10k", NAIVE, 10_000, args.file),
+                                           ("stage 10k, 1 group", STAGE, 10_000, single)):
+            out = Path(tmp) / name.replace(" ", "-").replace(",", "")
             out.mkdir()
-            results[name] = measure(template.format(root=str(ROOT), file=str(args.file), out=str(out), rows=rows))
+            results[name] = measure(template.format(root=str(ROOT), file=str(file), out=str(out), rows=rows))
             written = sum(1 for _ in (out / "orca.jsonl").open(encoding="utf-8"))
             metrics = out / "process_orca_data.json"
             kept = json.loads(metrics.read_text())["dropped"] if metrics.exists() else "-"
-            print(f"{name:>10}: {results[name][0]:6.1f} s, peak RSS {results[name][1]:.2f} GB, "
+            print(f"{name:>18}: {results[name][0]:6.1f} s, peak RSS {results[name][1]:.2f} GB, "
                   f"{written:,} records written (dropped: {kept})")
     (s_t, s_m), (n_t, n_m) = results["stage 10k"], results["naive 10k"]
     print(f"summary: 10k subset {s_t:.1f} s (goal <= 15), peak RSS {s_m:.2f} GB (goal <= 1.5); "
           f"naive/stage time {n_t / s_t:.1f}x, memory {n_m / s_m:.1f}x; 100k subset {results['stage 100k'][0]:.1f} s, "
-          f"{results['stage 100k'][1]:.2f} GB; file {args.file.stat().st_size / 1e9:.2f} GB")
+          f"{results['stage 100k'][1]:.2f} GB; one row group, 10k: {results['stage 10k, 1 group'][0]:.1f} s, "
+          f"{results['stage 10k, 1 group'][1]:.2f} GB; file {args.file.stat().st_size / 1e9:.2f} GB")
 
 
 if __name__ == "__main__":

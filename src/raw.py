@@ -20,6 +20,14 @@ import pyarrow.parquet as pq
 from src.errors import PipelineError
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
+READ_BUFFER = 8 * 2**20
+
+
+def _texty(col_type: pa.DataType) -> bool:
+    """Text, dictionary-encoded text, or a column with only nulls (an empty optional field)."""
+    if pa.types.is_dictionary(col_type):
+        return col_type.value_type in _TEXT_TYPES
+    return col_type in _TEXT_TYPES or pa.types.is_null(col_type)
 
 
 def _first_line(err: Exception) -> str:
@@ -36,7 +44,9 @@ def open_parquet(path: str | os.PathLike, columns: Sequence[str]) -> pq.ParquetF
     if path.stat().st_size == 0:
         raise PipelineError(f"{path}: empty file (0 bytes)")
     try:
-        pf = pq.ParquetFile(path)
+        # Read through an 8 MiB buffer, never a whole column chunk at once: a file written as
+        # one row group (a million rows of a 1 GB file) stays within bounded memory.
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
     except (pa.ArrowException, OSError) as err:
         raise PipelineError(f"{path}: not a readable parquet file ({_first_line(err)})") from err
     schema = pf.schema_arrow
@@ -46,7 +56,7 @@ def open_parquet(path: str | os.PathLike, columns: Sequence[str]) -> pq.ParquetF
                             f"(found: {', '.join(schema.names)})")
     for name in columns:
         col_type = schema.field(name).type
-        if col_type not in _TEXT_TYPES:
+        if not _texty(col_type):
             raise PipelineError(f"{path}: column '{name}' has type {col_type}, expected string")
     if pf.metadata.num_rows == 0:
         raise PipelineError(f"{path}: no rows")
@@ -103,7 +113,12 @@ def iter_rows(path: str | os.PathLike, pf: pq.ParquetFile, columns: Sequence[str
                 if len(wanted):
                     table = pa.Table.from_batches([batch]).take(wanted - offset)
                     for name in columns:
-                        _check_text(path, name, table.column(name), wanted)
+                        column = table.column(name)
+                        if pa.types.is_dictionary(column.type):
+                            column = column.cast(column.type.value_type)
+                            table = table.set_column(table.schema.get_field_index(name), name, column)
+                        if not pa.types.is_null(column.type):
+                            _check_text(path, name, column, wanted)
                     yield from table.to_pylist()
                 offset = end
         except (pa.ArrowException, OSError) as err:

@@ -53,6 +53,33 @@ def test_iter_rows_reads_only_groups_with_selected_rows(tmp_path, monkeypatch):
     assert [r["question"] for r in every] == orca_table(30).column("question").to_pylist()
 
 
+def test_dictionary_encoded_and_all_null_columns_are_read_as_text(tmp_path):
+    """Writers often dictionary-encode repetitive text (Orca's system prompts) and type a column
+    that is empty everywhere as null (Platypus's ``input`` in a slice): both are text to us."""
+    from src.stages import process_orca_data
+
+    n = 12
+    table = pa.table({"id": [f"t0.{i}" for i in range(n)],
+                      "system_prompt": pa.array([None] * n, pa.null()),
+                      "question": pa.array([f"What is {i % 3} + 1?" for i in range(n)]).dictionary_encode(),
+                      "response": [f"{i % 3 + 1}." for i in range(n)]})
+    path = tmp_path / "o.parquet"
+    pq.write_table(table, path, row_group_size=5)
+    pf = open_parquet(path, COLUMNS)
+    assert pa.types.is_dictionary(pf.schema_arrow.field("question").type)
+    assert pa.types.is_null(pf.schema_arrow.field("system_prompt").type)
+    rows = list(iter_rows(path, pf, COLUMNS, np.arange(n), batch_size=4))
+    assert [r["question"] for r in rows] == [f"What is {i % 3} + 1?" for i in range(n)]
+    assert {r["system_prompt"] for r in rows} == {None}
+    record = process_orca_data.to_record(rows[4], max_chars=1000)
+    assert [t.role for t in record.prompt] == ["user"] and record.prompt[0].content == "What is 1 + 1?"
+    # the checks still apply to dictionary-encoded text
+    bad = table.set_column(2, "question", pa.array(["ok?"] * 6 + ["bad\x00?"] * 6).dictionary_encode())
+    pq.write_table(bad, path)
+    with pytest.raises(PipelineError, match="row 6, column 'question': contains a NUL byte"):
+        list(iter_rows(path, open_parquet(path, COLUMNS), COLUMNS, np.arange(n)))
+
+
 def _write_bad(tmp_path, kind: str):
     path = tmp_path / "bad.parquet"
     good = tmp_path / "good.parquet"
