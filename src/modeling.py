@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -338,9 +339,49 @@ def compute_dtype(precision: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def weights_bytes(path: str | Path, dtype) -> int:
+    """The size of a folder's weights once loaded unquantized in ``dtype`` (from the safetensors
+    headers: no tensor is read)."""
+    import torch
+    from safetensors import safe_open
+
+    per_value = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for file in Path(path).glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                total += math.prod(f.get_slice(name).get_shape()) * per_value
+    return total
+
+
+def available_memory() -> tuple[int, int]:
+    """(free GPU memory of this process's GPU, or 0 without one; RAM available), in bytes."""
+    import torch
+
+    gpu = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+    with open("/proc/meminfo", encoding="ascii") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return gpu, int(info["MemAvailable"].split()[0]) * 1024
+
+
+def merge_device(path: str | Path, dtype, headroom: float = 1.2) -> str:
+    """Where an unquantized model fits for merging: the GPU, else CPU memory; if neither, one
+    line before anything loads (a 13B model in 16-bit needs about 26 GB)."""
+    need = weights_bytes(path, dtype) * headroom
+    gpu, ram = available_memory()
+    if need <= gpu:
+        return "cuda"
+    if need <= ram:
+        return "cpu"
+    raise PipelineError(f"{path}: merging needs about {need / 1e9:.1f} GB in {str(dtype).removeprefix('torch.')} "
+                        f"(weights and 20% headroom), more than the GPU's free {gpu / 1e9:.1f} GB and the "
+                        f"{ram / 1e9:.1f} GB of RAM available; use a machine with more of either (README: Profiles)")
+
+
 def load_model(path: str | Path, dtype, quantization: dict | None = None,
-               trust_remote_code: bool = False):
-    """A causal LM in ``dtype``; with ``quantization`` (BitsAndBytesConfig fields), quantized on load."""
+               trust_remote_code: bool = False, device: str | None = None):
+    """A causal LM in ``dtype``; with ``quantization`` (BitsAndBytesConfig fields), quantized on
+    load; ``device`` ``cpu`` keeps it in CPU memory even where there is a GPU."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     _require_folder(path)
@@ -350,7 +391,7 @@ def load_model(path: str | Path, dtype, quantization: dict | None = None,
     kwargs = {}
     if quantization:
         kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
-    if device_kind() == "cuda":
+    if device_kind() == "cuda" and device != "cpu":
         if os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true"):  # FSDP places its shards
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # a launcher's process: its GPU
     elif quantization:

@@ -154,3 +154,28 @@ def test_disk_full_while_writing_a_model_folder(built, tmp_path, monkeypatch, ca
     error = one_line_error(merge_model.main, cfg, monkeypatch, capsys)
     assert error == f"error: {tmp_path / 'merged'}: cannot write (No space left on device)"
     assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.partial").exists()
+
+
+def test_merge_goes_where_the_model_fits_or_stops_before_loading(built, tmp_path, monkeypatch, capsys):
+    """merge_model loads the base unquantized: on the GPU when it fits there, else in CPU memory;
+    when neither holds it (a 13B model on a 24 GB GPU and 16 GB of RAM), one line before loading."""
+    import torch
+    from safetensors.torch import load_file
+
+    from src import modeling
+
+    cfg = variant(built, tmp_path, sft={"max_steps": 1, "save_steps": 10})
+    train.main(cfg)
+    need = modeling.weights_bytes(cfg.paths.base_model, torch.float32)
+    floats = sum(t.numel() for t in load_file(Path(cfg.paths.base_model) / "model.safetensors").values())
+    assert need == 4 * floats  # counted from the headers, in the load dtype
+    monkeypatch.setattr(modeling, "available_memory", lambda: (int(need * 1.3), 10 * need))
+    assert modeling.merge_device(cfg.paths.base_model, torch.float32) == "cuda"
+    monkeypatch.setattr(modeling, "available_memory", lambda: (int(need * 1.1), 10 * need))
+    assert modeling.merge_device(cfg.paths.base_model, torch.float32) == "cpu"  # 20% headroom
+    monkeypatch.setattr(modeling, "available_memory", lambda: (0, need))
+    loads = []
+    monkeypatch.setattr(merge_model, "load_model", lambda *a, **k: loads.append(a))
+    error = one_line_error(merge_model.main, cfg, monkeypatch, capsys)
+    assert error.startswith(f"error: {cfg.paths.base_model}: merging needs about ") and "use a machine with more" in error
+    assert loads == [] and not Path(cfg.paths.merged_model).exists()

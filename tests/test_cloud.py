@@ -85,6 +85,46 @@ def test_vscode_yaml_passes_skypilot_schema():
     assert not task.file_mounts
 
 
+def test_vscode_setup_installs_the_pinned_cli_only_when_its_checksum_matches(tmp_path):
+    """The dev box's setup with stand-ins for sudo, curl (serving a tarball) and the venv's
+    python: the pinned release's URL is fetched; a wrong sha256 stops setup before anything is
+    unpacked; the right one installs it; none prints the sum to pin."""
+    import hashlib
+    import io
+    import tarfile
+
+    bundle = io.BytesIO()
+    with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
+        data = b"#!/bin/sh\necho code\n"
+        info = tarfile.TarInfo("code")
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "cli.tar.gz").write_bytes(bundle.getvalue())
+    right = hashlib.sha256(bundle.getvalue()).hexdigest()
+    stubs = tmp_path / "bin"
+    (stubs / "venv/bin").mkdir(parents=True)
+    for name, body in (("sudo", "exit 0"), ("curl", f'echo "$@" >> {tmp_path}/urls; '
+                                                   f'while [ "$1" != -o ]; do shift; done; cp {tmp_path}/cli.tar.gz "$2"'),
+                       ("venv/bin/python", "exit 0")):
+        (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stubs / name).chmod(0o755)
+    setup = yaml.safe_load(VSCODE_YAML.read_text())["setup"]
+    version = yaml.safe_load(VSCODE_YAML.read_text())["envs"]["VSCODE_CLI_VERSION"]
+    for sha, home in (("0" * 64, "wrong"), (right, "right"), ("", "unpinned")):
+        env = {"HOME": str(tmp_path / home), "PATH": f"{stubs}:/usr/bin:/bin", "VENV": str(stubs / "venv"),
+               "VSCODE_CLI_VERSION": version, "VSCODE_CLI_SHA256": sha}
+        (tmp_path / home).mkdir()
+        proc = subprocess.run(["bash", "-c", setup], cwd=ROOT, env=env, capture_output=True, text=True)
+        installed = tmp_path / home / ".local/bin/code"
+        if home == "wrong":
+            assert proc.returncode == 1 and not installed.exists()
+            assert f"error: VS Code CLI {version}: sha256 {right}, expected {'0' * 64}" in proc.stderr
+        else:
+            assert proc.returncode == 0 and installed.read_bytes() == data, proc.stderr
+            assert (f"its sha256 is {right}" in proc.stderr) == (home == "unpinned")
+    assert f"https://update.code.visualstudio.com/{version}/cli-alpine-x64/stable" in (tmp_path / "urls").read_text()
+
+
 def test_cloud_scripts_are_valid_bash():
     for path in (TRAINING_YAML, VSCODE_YAML):
         config = yaml.safe_load(path.read_text())

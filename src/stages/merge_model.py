@@ -15,7 +15,8 @@ from pathlib import Path
 
 from src.cli import run
 from src.config import Params
-from src.modeling import SOURCE_FILE, TRAIN_CONFIG_FILE, compute_dtype, device_kind, load_model, load_tokenizer
+from src.modeling import (SOURCE_FILE, TRAIN_CONFIG_FILE, compute_dtype, load_model, load_tokenizer,
+                          merge_device)
 from src.records import output_folder, read_json
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,10 @@ def main(cfg: Params) -> None:
     base_dir, adapter_dir, out = Path(paths.base_model), Path(paths.adapter), Path(paths.merged_model)
     train_config = read_json(adapter_dir / TRAIN_CONFIG_FILE)
     dtype = compute_dtype(cfg.train.precision)
+    device = merge_device(base_dir, dtype)  # the GPU when the model fits it, else CPU memory
     log.info("loading %s in %s (never quantized for merging) on %s", base_dir,
-             str(dtype).removeprefix("torch."), device_kind())
-    base = load_model(base_dir, dtype, None, cfg.fetch_base_model.trust_remote_code)
+             str(dtype).removeprefix("torch."), device)
+    base = load_model(base_dir, dtype, None, cfg.fetch_base_model.trust_remote_code, device=device)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     tokenizer = load_tokenizer(adapter_dir)
 
