@@ -103,7 +103,7 @@ def fetch(source: ModelSource, dest: Path, fc) -> None:
                   "commit": resolved}
     else:
         _copy_local(Path(source.location), dest, fc.allow_pickle_weights)
-        record = {"kind": "local", "path": source.location}
+        record = {"kind": "local", "path": source.location, "files": folder_digests(Path(source.location))}
     if fc.allow_pickle_weights:
         _pickle_to_safetensors(dest, fc.trust_remote_code)
     check_model_folder(dest)
@@ -137,13 +137,18 @@ def _pickle_to_safetensors(dest: Path, trust_remote_code: bool) -> None:
 
 
 def chat_template_text(name: str) -> str:
-    """A chat template by name (a file of src/templates) or from a .jinja file path."""
+    """A chat template by name (a file of src/templates) or by the path of a .jinja file there:
+    src/templates is a dependency of fetch_base_model, so editing a template reruns it."""
     shipped = TEMPLATES / f"{name}.jinja"
     path = shipped if shipped.is_file() else Path(name)
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in TEMPLATES.glob("*.jinja")))
         raise PipelineError(f"params.yaml: fetch_base_model.chat_template: '{name}' is neither a "
                             f"shipped template ({names}) nor a file")
+    if path.resolve().parent != TEMPLATES.resolve():
+        raise PipelineError(f"params.yaml: fetch_base_model.chat_template: '{name}': put a template of your own "
+                            f"in src/templates/ and name it there (a dependency of fetch_base_model: editing it "
+                            f"reruns the stage, which a file elsewhere would not)")
     return path.read_text(encoding="utf-8")
 
 
@@ -249,10 +254,25 @@ def check_safetensors(path: Path) -> None:
         raise PipelineError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())})") from err
 
 
+def folder_digests(folder: Path) -> dict[str, str]:
+    """A quick digest (size, head and tail for big files) of every file of a local model folder."""
+    from src.checkpoints import file_digest
+
+    return {p.relative_to(folder).as_posix(): file_digest(p, sampled=True)
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".cache" not in p.parts}
+
+
 def check_weight_digests(folder: Path) -> None:
-    """The weights of a fetched folder are the ones fetch recorded (sha256 in source.json)."""
+    """The weights of a fetched folder are the ones fetch recorded (sha256 in source.json), and
+    a local folder it was fetched from has not changed since: DVC cannot see a folder outside
+    the repository, so this is where an edited one shows (rerun fetch_base_model)."""
     source = folder / SOURCE_FILE
-    recorded = json.loads(source.read_text()).get("weights_sha256") if source.is_file() else None
+    record = json.loads(source.read_text()) if source.is_file() else {}
+    origin = Path(record.get("path") or "")
+    if record.get("kind") == "local" and origin.is_dir() and folder_digests(origin) != record.get("files"):
+        raise PipelineError(f"{folder}: fetched from {origin}, which has changed since; "
+                            "run dvc repro -f fetch_base_model")
+    recorded = record.get("weights_sha256")
     for name, digest in (recorded or {}).items():
         path = folder / name
         if not path.is_file():

@@ -8,11 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from src import modeling
 from src.errors import PipelineError
 from src.stages import fetch_base_model
-from tests.conftest import params_in
+from tests.conftest import ROOT, params_in
 from tests.modelkit import chatml_tokenizer, tiny_model_folder
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -178,8 +179,11 @@ def test_tokenizer_without_chat_template_names_the_params_option(tmp_path, hub_f
     assert json.loads((Path(cfg.paths.base_model) / modeling.SOURCE_FILE).read_text())["chat_template"] == "chatml"
 
 
-def test_chat_template_that_never_emits_eos_is_refused(tmp_path, hub_folder):
-    template = tmp_path / "no-eos.jinja"
+def test_chat_template_that_never_emits_eos_is_refused(tmp_path, hub_folder, monkeypatch):
+    templates = tmp_path / "templates"  # src/templates, where a template of one's own goes
+    shutil.copytree(modeling.TEMPLATES, templates)
+    monkeypatch.setattr(modeling, "TEMPLATES", templates)
+    template = templates / "no-eos.jinja"
     template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                         "{% if add_generation_prompt %}assistant: {% endif %}")
     cfg = params_in(tmp_path, fetch_base_model={"model": str(hub_folder), "chat_template": str(template)})
@@ -187,8 +191,32 @@ def test_chat_template_that_never_emits_eos_is_refused(tmp_path, hub_folder):
         fetch_base_model.main(cfg)
     cfg = params_in(tmp_path, fetch_base_model={"model": str(hub_folder), "chat_template": "no-such"})
     with pytest.raises(PipelineError, match="chat_template: 'no-such' is neither a shipped template "
-                                            "\\(chatml, llama-2\\) nor a file"):
+                                            "\\(chatml, llama-2, no-eos\\) nor a file"):
         fetch_base_model.main(cfg)
+
+
+def test_a_template_outside_src_templates_is_refused(tmp_path, hub_folder):
+    """DVC reruns fetch_base_model when src/templates changes; a file elsewhere it would not see."""
+    template = tmp_path / "mine.jinja"
+    template.write_text((modeling.TEMPLATES / "chatml.jinja").read_text())
+    cfg = params_in(tmp_path, fetch_base_model={"model": str(hub_folder), "chat_template": str(template)})
+    with pytest.raises(PipelineError) as err:
+        fetch_base_model.main(cfg)
+    assert f"'{template}': put a template of your own in src/templates/" in str(err.value)
+    assert "src/templates" in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["fetch_base_model"]["deps"]
+
+
+def test_an_edited_local_source_folder_is_caught_at_load(tmp_path, hub_folder):
+    folder = shutil.copytree(hub_folder, tmp_path / "model")
+    cfg = params_in(tmp_path, fetch_base_model={"model": str(folder)})
+    fetch_base_model.main(cfg)
+    modeling.load_model(cfg.paths.base_model, None)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "rope_theta": 12345.0}))
+    with pytest.raises(PipelineError) as err:
+        modeling.load_model(cfg.paths.base_model, None)
+    assert str(err.value) == (f"{cfg.paths.base_model}: fetched from {folder}, which has changed since; "
+                              "run dvc repro -f fetch_base_model")
 
 
 def test_pickled_weights_refused_unless_params_allow_them(tmp_path, hub_folder):
