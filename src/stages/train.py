@@ -40,6 +40,10 @@ from src.records import output_folder, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
+# The DVC Studio token under the name a cloud run passes it (sky-training.yaml keeps it from dvc
+# exp run, which would write it into a git object); dvclive reads it as DVC_STUDIO_TOKEN.
+STUDIO_TOKEN_ENV = "TRAIN_STUDIO_TOKEN"
+
 
 def _type_ok(value, hint) -> bool:
     """Whether a params value fits a library field's annotation (types params cannot hold, such
@@ -347,6 +351,8 @@ def run_training(cfg: Params):
     # One process per machine writes the outputs: DVC runs on every machine of a multi-node job
     # and checks them there. Only the first process of all posts live metrics to DVC Studio.
     writer = sft_config.local_process_index == 0
+    if os.environ.get(STUDIO_TOKEN_ENV):
+        os.environ["DVC_STUDIO_TOKEN"] = os.environ.pop(STUDIO_TOKEN_ENV)
     if writer and sft_config.process_index != 0:
         os.environ["DVC_STUDIO_OFFLINE"] = "true"
     live = Live(paths.train_live, dvcyaml=None, save_dvc_exp=False, report=None) if writer else None
@@ -426,4 +432,4 @@ def run_training(cfg: Params):
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main, __doc__, secrets=("DVC_STUDIO_TOKEN",)))  # live metrics
+    raise SystemExit(run(main, __doc__, secrets=("DVC_STUDIO_TOKEN", STUDIO_TOKEN_ENV)))  # live metrics
