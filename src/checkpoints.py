@@ -173,18 +173,14 @@ class CheckpointStore:
         self.dir = root / self.id
         self.staging = self.dir / STAGING
         self._lock = None  # the open lock file while this process holds it
-        _STORES.append(self)
 
-    def lock(self) -> None:
-        """Hold this configuration's folder for this process, or stop with one line if another
-        run holds it."""
-        path = self.dir / LOCK_FILE
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until the process ends)
-        except OSError as err:
-            raise PipelineError(f"{self.dir}: cannot write checkpoints ({err.strerror or err}); "
-                                f"check paths.checkpoints or {ENV_VAR}") from err
+    def _cannot_write(self, err: Exception) -> PipelineError:
+        return PipelineError(f"{self.dir}: cannot write checkpoints ({getattr(err, 'strerror', None) or err}); "
+                             f"check paths.checkpoints or {ENV_VAR}")
+
+    def _hold(self, handle) -> None:
+        """Take the exclusive lock on the open ``handle``, or stop with one line naming the run
+        that holds it."""
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -203,19 +199,23 @@ class CheckpointStore:
         handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
         handle.flush()
         self._lock = handle
+        _HELD.append(self)
 
     def prepare(self, lock: bool = True) -> None:
         """Create this configuration's folder and hold it (``lock``: the run's first process),
         remove a checkpoint left half-written, and log why the checkpoints of other
         configurations are not used."""
-        if lock:
-            self.lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.dir / LOCK_FILE, "a+", encoding="utf-8") if lock else None  # noqa: SIM115
+        except OSError as err:
+            raise self._cannot_write(err) from err
+        if handle:
+            self._hold(handle)  # held until release() or the process ends
+        try:
             write_json(self.dir / FINGERPRINT_FILE, self.inputs, sync=True)
         except (OSError, PipelineError) as err:
-            raise PipelineError(f"{self.dir}: cannot write checkpoints ({getattr(err, 'strerror', None) or err}); "
-                                f"check paths.checkpoints or {ENV_VAR}") from err
+            raise self._cannot_write(err) from err
         if self.staging.exists() and any(self.staging.iterdir()):
             log.info("removing %s: a checkpoint whose writing was interrupted", self.staging)
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -296,10 +296,10 @@ class CheckpointStore:
             self._lock = None
 
 
-_STORES: list[CheckpointStore] = []
+_HELD: list[CheckpointStore] = []  # the stores whose folder this process holds
 
 
 def release_all() -> None:
     """Release every folder this process holds (a run that ended, or failed, in-process)."""
-    while _STORES:
-        _STORES.pop().release()
+    while _HELD:
+        _HELD.pop().release()

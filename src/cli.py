@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 # Credentials a cloud run or a shell may hold; git and DVC use them, stages mostly do not.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GIT_TOKEN", "GIT_PASSWORD", "GITHUB_TOKEN", "GH_TOKEN",
-              "GITLAB_TOKEN", "DVC_STUDIO_TOKEN", "TRAIN_STUDIO_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-              "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
-              "AZURE_CLIENT_SECRET", "GOOGLE_APPLICATION_CREDENTIALS", "WANDB_API_KEY")
+              "GITLAB_TOKEN", "DVC_STUDIO_TOKEN", "TRAIN_STUDIO_TOKEN", "AWS_ACCESS_KEY_ID",
+              "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY",
+              "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET", "GOOGLE_APPLICATION_CREDENTIALS", "WANDB_API_KEY")
 
 
 def drop_secrets(keep: tuple[str, ...] = ()) -> None:
@@ -55,10 +55,20 @@ def run(main: Callable[..., object], description: str | None = None,
         level=logging.DEBUG if debug else os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
+
+    def load_and_run() -> None:
         cfg: Params = load_params()
         log.debug("params: %s", cfg.model_dump_json())
         main(cfg, **args)
+
+    return one_line_errors(load_and_run, debug)
+
+
+def one_line_errors(call: Callable[[], object], debug: bool = False) -> int:
+    """Exit code 0 after ``call()``; a PipelineError from it becomes one ``error:`` line on
+    stderr and exit code 1 (``debug`` logs the traceback first)."""
+    try:
+        call()
     except PipelineError as err:
         if debug:
             log.exception("failed")

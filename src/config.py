@@ -75,8 +75,7 @@ class Paths(Section):
 
     def outputs(self) -> dict[str, str]:
         """Every path a stage writes, by dotted key (``processed.orca``, ``merged_model``, ...)."""
-        outs = {f"processed.{k}": v for k, v in self.processed.model_dump().items()}
-        return outs | {k: v for k, v in self.model_dump().items() if k not in ("raw", "processed")}
+        return flat_outputs({k: v for k, v in self.model_dump().items() if k != "raw"})
 
     @model_validator(mode="after")
     def _outputs_apart(self) -> Paths:
@@ -92,6 +91,12 @@ class Paths(Section):
                     raise ValueError(f"{key} ({path}) and {other} ({other_path}) overlap; every output "
                                      "needs a path of its own")
         return self
+
+
+def flat_outputs(paths: dict) -> dict:
+    """Output paths by dotted key: ``processed``'s entries as ``processed.<source>``."""
+    return {f"processed.{k}": v for k, v in (paths.get("processed") or {}).items()} | {
+        k: v for k, v in paths.items() if k != "processed"}
 
 
 # Folders that hold outputs written under them by name rather than being outputs themselves.
@@ -316,9 +321,7 @@ def output_paths(repo: str | Path | None = None) -> dict:
     if len(found) != 1 or not isinstance(found[0], dict):
         raise PipelineError(f"{pipeline}: vars must hold one 'paths' mapping (where each stage writes)")
     paths = found[0]
-    flat = {f"processed.{k}": v for k, v in (paths.get("processed") or {}).items()}
-    flat |= {k: v for k, v in paths.items() if k != "processed"}
-    for key, path in flat.items():
+    for key, path in flat_outputs(paths).items():
         if not isinstance(path, str) or not _plain_output(path):
             raise PipelineError(f"{pipeline}: vars paths.{key}: {path!r} is not a plain relative path inside "
                                 f"{', '.join(OUTPUT_ROOTS)}")

@@ -12,7 +12,6 @@ later stage loads that folder with :func:`load_tokenizer` and :func:`load_model`
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -23,6 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from src.checkpoints import file_digest
 from src.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,10 @@ def fetch(source: ModelSource, dest: Path, fc) -> None:
     tokenizer.save_pretrained(dest)
     if fc.chat_template:
         record["chat_template"] = fc.chat_template
-    record["weights_sha256"] = {p.name: _sha256(p) for p in sorted(dest.glob("*.safetensors"))}
-    for path in sorted(dest.glob("*.safetensors")):
+    weights = sorted(dest.glob("*.safetensors"))
+    for path in weights:
         check_safetensors(path)
+    record["weights_sha256"] = {p.name: file_digest(p) for p in weights}
     (dest / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
@@ -233,31 +234,26 @@ def _download_hub(repo: str, revision: str | None, dest: Path, allow_pickle: boo
         return revision or ""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
+def tensor_shapes(path: Path) -> list[list[int]]:
+    """The shape of every tensor of a safetensors file, from its header (no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return [f.get_slice(name).get_shape() for name in f.keys()]
 
 
 def check_safetensors(path: Path) -> None:
-    """Open a safetensors file and read every tensor's header: a truncated or corrupt file is
-    one line naming it."""
-    from safetensors import SafetensorError, safe_open
+    """Read every tensor's header: a truncated or corrupt file is one line naming it."""
+    from safetensors import SafetensorError
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                f.get_slice(name).get_shape()
+        tensor_shapes(path)
     except (SafetensorError, OSError) as err:
         raise PipelineError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())})") from err
 
 
 def folder_digests(folder: Path) -> dict[str, str]:
     """A quick digest (size, head and tail for big files) of every file of a local model folder."""
-    from src.checkpoints import file_digest
-
     return {p.relative_to(folder).as_posix(): file_digest(p, sampled=True)
             for p in sorted(folder.rglob("*")) if p.is_file() and ".cache" not in p.parts}
 
@@ -277,7 +273,7 @@ def check_weight_digests(folder: Path) -> None:
         path = folder / name
         if not path.is_file():
             raise PipelineError(f"{path}: missing; {SOURCE_FILE} lists it (run dvc repro fetch_base_model)")
-        if _sha256(path) != digest:
+        if file_digest(path) != digest:
             raise PipelineError(f"{path}: its sha256 differs from the one fetch recorded in {SOURCE_FILE} "
                                 "(corrupt or changed; run dvc repro fetch_base_model)")
 
@@ -363,15 +359,10 @@ def weights_bytes(path: str | Path, dtype) -> int:
     """The size of a folder's weights once loaded unquantized in ``dtype`` (from the safetensors
     headers: no tensor is read)."""
     import torch
-    from safetensors import safe_open
 
     per_value = torch.empty((), dtype=dtype).element_size()
-    total = 0
-    for file in Path(path).glob("*.safetensors"):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                total += math.prod(f.get_slice(name).get_shape()) * per_value
-    return total
+    return sum(math.prod(shape) * per_value for file in Path(path).glob("*.safetensors")
+               for shape in tensor_shapes(file))
 
 
 def available_memory() -> tuple[int, int]:

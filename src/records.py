@@ -152,10 +152,8 @@ def output_folder(path: str | os.PathLike) -> Iterator[Path]:
         yield partial
         shutil.rmtree(path, ignore_errors=True)
         os.replace(partial, path)
-    except OSError as err:
-        raise PipelineError(f"{path}: cannot write ({os_reason(err, path, partial)})") from err
     except Exception as err:  # safetensors reports a failed write (disk full) as SafetensorError
-        if type(err).__name__ != "SafetensorError":
+        if not isinstance(err, OSError) and type(err).__name__ != "SafetensorError":
             raise
         raise PipelineError(f"{path}: cannot write ({os_reason(err, path, partial)})") from err
     finally:

@@ -172,6 +172,29 @@ class FakeHub(_Server):
         super().__init__(Handler)
 
 
+# The upstream files a profile imports, as the stand-in Hub serves them: a made-up Open-Orca
+# commit (reached through the branch main), Open-Platypus's pinned one and file.
+ORCA_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+PLATYPUS_COMMIT = "37141edbdb7826378cce118c46a109b813e1f038"
+PLATYPUS_FILE = "data/train-00000-of-00001-4fe2df04669d1669.parquet"
+
+
+def hub_files(samples: Path, rows: dict[str, int]) -> dict[tuple[str, str, str], bytes]:
+    """FakeHub's files: the first ``rows[source]`` rows of each shipped sample (upstream schema)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    def head(name: str, n: int) -> bytes:
+        out = io.BytesIO()
+        pq.write_table(pq.read_table(samples / name).slice(0, n), out)
+        return out.getvalue()
+
+    return {("Open-Orca/OpenOrca", ORCA_COMMIT, "1M-GPT4-Augmented.parquet"): head("orca_sample.parquet", rows["orca"]),
+            ("garage-bAInd/Open-Platypus", PLATYPUS_COMMIT, PLATYPUS_FILE):
+            head("platypus_sample.parquet", rows["platypus"])}
+
+
 class MotoS3:
     """``moto_server`` (an in-memory S3) on a free port of 127.0.0.1, with ``bucket`` created."""
 

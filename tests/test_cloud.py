@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cloudkit import FakeHub, FakeStudio, GitHttpOrigin, MotoS3
+from tests.cloudkit import (ORCA_COMMIT, PLATYPUS_COMMIT, PLATYPUS_FILE, FakeHub, FakeStudio, GitHttpOrigin,
+                             MotoS3, hub_files)
 from tests.conftest import OFFLINE, ROOT, files_holding, make_clone, run_cli
 from tests.modelkit import TINY_DAG_SFT, chatml_tokenizer, configure_tiny_dag, tiny_model_folder
 
@@ -244,24 +245,9 @@ def model(tmp_path_factory) -> Path:
     return tiny_model_folder(tmp_path_factory.mktemp("model") / "tiny-llama", chatml_tokenizer())
 
 
-def _parquet_head(path: Path, rows: int) -> bytes:
-    import io
-
-    import pyarrow.parquet as pq
-
-    out = io.BytesIO()
-    pq.write_table(pq.read_table(path).slice(0, rows), out)
-    return out.getvalue()
-
-
 # The Hub's files as the stand-in serves them: the upstream schemas, fewer rows than the samples.
-ORCA_COMMIT, PLATYPUS_COMMIT = "0123456789abcdef0123456789abcdef01234567", "37141edbdb7826378cce118c46a109b813e1f038"
-PLATYPUS_FILE = "data/train-00000-of-00001-4fe2df04669d1669.parquet"
 HUB_ROWS = {"orca": 23, "platypus": 31}
-HUB_FILES = {("Open-Orca/OpenOrca", ORCA_COMMIT, "1M-GPT4-Augmented.parquet"):
-             _parquet_head(ROOT / "data/raw/orca_sample.parquet", HUB_ROWS["orca"]),
-             ("garage-bAInd/Open-Platypus", PLATYPUS_COMMIT, PLATYPUS_FILE):
-             _parquet_head(ROOT / "data/raw/platypus_sample.parquet", HUB_ROWS["platypus"])}
+HUB_FILES = hub_files(ROOT / "data/raw", HUB_ROWS)
 # The 7B profile's shape on the tiny model: imports (one by branch, one by commit), whole files.
 LOOPBACK_PROFILE = f"""
 imports:

@@ -3,22 +3,19 @@ key, and the raw files a profile names are brought in from a stand-in Hub at a p
 
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from src.cloud.profile import as_dvc_applies, hydra_value, load_profile, merged, options, read_yaml
 from src.config import validate_params, with_output_paths
 from src.errors import PipelineError
-from tests.cloudkit import FakeHub
+from tests.cloudkit import ORCA_COMMIT, PLATYPUS_COMMIT, FakeHub, hub_files
 from tests.conftest import ROOT, run_cli
 
 PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
-PLATYPUS_COMMIT = "37141edbdb7826378cce118c46a109b813e1f038"
 
 
 def repo_copy(tmp_path: Path) -> Path:
@@ -114,21 +111,9 @@ def test_a_bad_profile_fails_with_one_line_naming_the_key(tmp_path, text, key):
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
 
 
-def parquet_bytes(path: Path, rows: int) -> bytes:
-    out = io.BytesIO()
-    pq.write_table(pq.read_table(path).slice(0, rows), out)
-    return out.getvalue()
-
-
-ORCA_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
 @pytest.fixture
 def hub():
-    files = {("Open-Orca/OpenOrca", ORCA_COMMIT, "1M-GPT4-Augmented.parquet"):
-             parquet_bytes(ROOT / "data/raw/orca_sample.parquet", 25),
-             ("garage-bAInd/Open-Platypus", PLATYPUS_COMMIT, "data/train-00000-of-00001-4fe2df04669d1669.parquet"):
-             parquet_bytes(ROOT / "data/raw/platypus_sample.parquet", 30)}
+    files = hub_files(ROOT / "data/raw", {"orca": 25, "platypus": 30})
     server = FakeHub(files, {("Open-Orca/OpenOrca", "main"): ORCA_COMMIT})
     yield server, files
     server.close()

@@ -29,6 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from src.cli import one_line_errors
 from src.config import PARAMS_FILE, validate_params, with_output_paths
 from src.errors import PipelineError
 
@@ -221,17 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)  # this module's progress; the libraries' import chatter stays out
-    try:
-        if args.bring_in:
-            bring_in(args.profile)
-        elif args.null:
-            sys.stdout.write("".join(f"{o}\0" for o in options(args.profile)))
-        else:
-            print(shlex.join(options(args.profile)))
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    if args.bring_in:
+        return one_line_errors(lambda: bring_in(args.profile))
+    if args.null:
+        return one_line_errors(lambda: sys.stdout.write("".join(f"{o}\0" for o in options(args.profile))))
+    return one_line_errors(lambda: print(shlex.join(options(args.profile))))
 
 
 if __name__ == "__main__":

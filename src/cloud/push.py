@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from src.cli import one_line_errors
 from src.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=5.0, help="seconds before the second push (then more)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        push_whole(args.name, args.git_remote, args.attempts, args.wait)
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return one_line_errors(lambda: push_whole(args.name, args.git_remote, args.attempts, args.wait))
 
 
 if __name__ == "__main__":
