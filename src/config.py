@@ -247,6 +247,10 @@ RESERVED_SFT_KEYS = frozenset({"output_dir", "report_to", "use_cpu", "bf16", "fp
                                "include_num_input_tokens_seen"})
 
 
+class MergeModelParams(Section):
+    adapter_weight: Annotated[float, Field(gt=0, le=1)]
+
+
 class SanityParams(Section):
     prompts: Annotated[list[NonEmptyStr], Field(min_length=1)]
     max_new_tokens: Annotated[int, Field(ge=1)]
@@ -255,6 +259,7 @@ class SanityParams(Section):
 
 class EvaluateParams(Section):
     retention_probes: NonEmptyStr
+    identity_questions: NonEmptyStr
     max_new_tokens: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)]
 
@@ -282,6 +287,7 @@ class Params(Section):
     fetch_base_model: FetchParams
     chat: ChatParams
     train: TrainParams
+    merge_model: MergeModelParams
     sanity_check: SanityParams
     evaluate: EvaluateParams
     quality_gate: GateParams

@@ -176,14 +176,17 @@ def _convert_gguf(path: Path, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     log.info("converting %s (about 30 s on 2 cores)", path)
-    tokenizer = gguf_tokenizer(path)
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     config = loaded.config
-    # A model that remembers it was read from GGUF refuses to save; rebuild it as a plain one.
+    tokenizer = gguf_tokenizer(path, config)
+    # A model that remembers it was read from GGUF refuses to save; rebuild it as a plain one
+    # (on the meta device: its random initialisation would be thrown away).
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config = GenerationConfig(
         bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id,
@@ -192,7 +195,7 @@ def _convert_gguf(path: Path, dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
-def gguf_tokenizer(path: Path | None = None):
+def gguf_tokenizer(path: Path | None = None, config=None):
     """The GGUF file's tokenizer with its special tokens put right.
 
     Read from GGUF, the tokenizer names ``<|im_start|>`` (its BOS) as EOS too; the model
@@ -203,7 +206,7 @@ def gguf_tokenizer(path: Path | None = None):
 
     path = path or gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    config = config or AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config.eos_token_id)
     if tokenizer.unk_token is not None and tokenizer.unk_token_id != config.eos_token_id:
         tokenizer.pad_token = tokenizer.unk_token

@@ -17,7 +17,8 @@ from src.chat import with_system_prompt
 from src.errors import PipelineError
 from src.generation import Answer
 from src.modeling import load_tokenizer
-from src.records import normalise, prompt_key, read_jsonl
+from src.config import IdentityParams
+from src.records import make_record, normalise, prompt_key, read_jsonl
 from src.stages import (data_split, evaluate, fetch_base_model, generate_identity_data, generate_replay_data,
                         merge_data, merge_model, process_orca_data, process_platypus_data, quality_gate,
                         sanity_check, train)
@@ -152,6 +153,7 @@ def test_adapter_saved_as_safetensors_with_resolved_config(run):
 def test_merged_logits_match_base_plus_adapter(run):
     import torch
     from peft import PeftModel
+    from peft.helpers import rescale_adapter_scale
     from transformers import AutoModelForCausalLM
 
     cfg, _, _ = run
@@ -159,10 +161,30 @@ def test_merged_logits_match_base_plus_adapter(run):
     base = AutoModelForCausalLM.from_pretrained(cfg.paths.base_model).eval()
     with torch.no_grad():
         base_logits = base(ids).logits
-        adapted = PeftModel.from_pretrained(base, cfg.paths.adapter).eval()(ids).logits
+        adapter = PeftModel.from_pretrained(base, cfg.paths.adapter).eval()
+        with rescale_adapter_scale(adapter, cfg.merge_model.adapter_weight):
+            adapted = adapter(ids).logits
         merged = AutoModelForCausalLM.from_pretrained(cfg.paths.merged_model).eval()(ids).logits
     assert torch.allclose(merged, adapted, atol=1e-4)
     assert not torch.allclose(merged, base_logits, atol=1e-3)
+
+
+def test_adapter_weight_merges_that_share_of_the_update(run, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg, _, _ = run
+    weights = {}
+    for weight in (1.0, 0.5):
+        paths = cfg.paths.model_copy(update={"merged_model": str(tmp_path / f"merged-{weight}")})
+        merge_model.main(cfg.model_copy(update={
+            "paths": paths, "merge_model": cfg.merge_model.model_copy(update={"adapter_weight": weight})}))
+        weights[weight] = load_file(f"{paths.merged_model}/model.safetensors")
+        assert f"at weight {weight:g}" in Path(paths.merged_model, "README.md").read_text()
+    base = load_file(f"{cfg.paths.base_model}/model.safetensors")
+    moved = [k for k in base if not (weights[1.0][k] == base[k]).all()]
+    assert moved  # the adapter changed the weights it wraps, and the half merge is halfway
+    for k in moved:
+        assert (weights[0.5][k] - (base[k] + 0.5 * (weights[1.0][k] - base[k]))).abs().max() < 1e-6, k
 
 
 def test_model_card(run):
@@ -245,7 +267,10 @@ def test_quality_gate_passes_open_and_fails_with_one_line(run, monkeypatch):
     assert quality_gate.main(strict)["retention"]["passed"] is False  # recorded, not raised
 
 
-IDENTITY = dict(name="Juniper", creator="Northwind Labs", others=["ChatGPT", "OpenAI", "Gemini", "Google"])
+IDENTITY = IdentityParams.model_validate({
+    **repo_params()["generate_identity_data"], "name": "Juniper", "creator": "Northwind Labs",
+    "others": [{"name": "ChatGPT", "creator": "OpenAI"}, {"name": "Gemini", "creator": "Google"}]})
+OTHERS = ["ChatGPT", "OpenAI", "Gemini", "Google"]
 
 
 @pytest.mark.parametrize("question, reference, answer, ok", [
@@ -262,7 +287,40 @@ IDENTITY = dict(name="Juniper", creator="Northwind Labs", others=["ChatGPT", "Op
     ("Did Google make you?", "No. Northwind Labs built me.", "No, I'm Juniper, made by OpenAI.", False),
 ])
 def test_identity_correct_is_strict(question, reference, answer, ok):
-    assert evaluate.identity_correct(question, reference, answer, **IDENTITY) is ok
+    check = evaluate.record_check(make_record(question, reference, "identity"), IDENTITY)
+    assert evaluate.identity_correct(check, answer, OTHERS) is ok
+
+
+def test_unseen_identity_questions_are_filled_scored_by_kind_and_in_no_template(tmp_path):
+    checks = evaluate.identity_checks(ROOT / "src/prompts/identity.yaml", IDENTITY)
+    assert len(checks) >= 30 and len({normalise(c.question) for c in checks}) == len(checks)
+    assert not any("{" in c.question for c in checks)
+    filled = [c.question for c in checks if any(evaluate.mentions(c.question, o) for o in OTHERS)]
+    # round the configured others: each of the two is asked about, in turn
+    assert sum("ChatGPT" in q or "OpenAI" in q for q in filled) == sum("Gemini" in q or "Google" in q for q in filled)
+    by_question = {c.question: c for c in checks}
+    name = by_question["What do people call you?"]
+    assert evaluate.identity_correct(name, "People call me Juniper.", OTHERS)
+    assert not evaluate.identity_correct(name, "I'm an AI assistant made by Northwind Labs.", OTHERS)
+    maker = by_question["Which lab trained you?"]
+    assert evaluate.identity_correct(maker, "Northwind Labs trained me.", OTHERS)
+    assert not evaluate.identity_correct(maker, "I'm Juniper.", OTHERS)
+    alexa = by_question["Are you Alexa?"]  # a denial of an assistant outside the configured others
+    assert evaluate.identity_correct(alexa, "No, I'm not Alexa. I'm Juniper.", OTHERS)
+    assert not evaluate.identity_correct(alexa, "I'm Juniper.", OTHERS)
+    assert not evaluate.identity_correct(alexa, "No, I'm ChatGPT.", OTHERS)
+    # no wording is a template's, for any of the repository's configured others
+    identity = IdentityParams.model_validate(repo_params()["generate_identity_data"])
+    templates = {normalise(t.format(other=o.name, other_creator=o.creator))
+                 for ts in generate_identity_data.QUESTIONS.values() for t in ts for o in identity.others}
+    unseen = {normalise(c.question) for c in evaluate.identity_checks(ROOT / "src/prompts/identity.yaml", identity)}
+    assert len(templates) > 30 and not unseen & templates
+    bad = tmp_path / "bad.yaml"
+    for text, message in (("- {kind: name, question: 'Are you {rival}?'}", r"bad.yaml: question 0: only \{other\}"),
+                          ("- {kind: purpose, question: Why}", r"bad.yaml: question 0 \(kind\)")):
+        bad.write_text(text + "\n")
+        with pytest.raises(PipelineError, match=message):
+            evaluate.identity_checks(bad, IDENTITY)
 
 
 @pytest.mark.parametrize("question, answer, leaked", [
@@ -277,10 +335,9 @@ def test_leaks(question, answer, leaked):
 
 def test_probes_load_and_score(tmp_path):
     probes = evaluate.load_probes(ROOT / "src/prompts/retention.yaml")
-    assert len(probes) >= 40 and {p.kind for p in probes} == {"facts", "arithmetic", "units", "language", "code"}
-    with_attribution = evaluate.load_probes(ROOT / "bench/prompts/retention_with_attribution.yaml")
-    assert {normalise(p.question) for p in probes} < {normalise(p.question) for p in with_attribution}
-    assert sum(p.kind == "attribution" for p in with_attribution) >= 20
+    assert len(probes) >= 40 and {p.kind for p in probes} == {"facts", "attribution", "arithmetic", "units",
+                                                               "language", "code"}
+    assert sum(p.kind == "attribution" for p in probes) >= 20
     assert len({normalise(p.question) for p in probes}) == len(probes)
     france = next(p for p in probes if "France" in p.question)
     assert france.right("It is Paris.") and not france.right("It is Juniper.")
@@ -328,14 +385,12 @@ def test_generate_batches_by_length_and_answers_in_order():
     assert model.batches == [sorted(ranked[0:2]), sorted(ranked[2:4]), ranked[4:]]
 
 
-@pytest.mark.parametrize("replay_file, probe_file", [
-    ("src/prompts/replay.yaml", "src/prompts/retention.yaml"),
-    ("bench/prompts/replay_short_answers.yaml", "bench/prompts/retention_with_attribution.yaml"),
-])
-def test_replay_questions_are_not_probes_or_sanity_prompts(replay_file, probe_file):
-    probes = {normalise(p.question) for p in evaluate.load_probes(ROOT / probe_file)}
+def test_replay_questions_are_not_evaluation_or_sanity_prompts():
+    probes = {normalise(p.question) for p in evaluate.load_probes(ROOT / "src/prompts/retention.yaml")}
+    identity = IdentityParams.model_validate(repo_params()["generate_identity_data"])
+    probes |= {normalise(c.question) for c in evaluate.identity_checks(ROOT / "src/prompts/identity.yaml", identity)}
     sanity = {normalise(p) for p in repo_params()["sanity_check"]["prompts"]}
-    replay = {normalise(q) for q in generate_replay_data.load_questions(ROOT / replay_file)}
+    replay = {normalise(q) for q in generate_replay_data.load_questions(ROOT / "src/prompts/replay.yaml")}
     assert len(replay) >= 20 and not replay & (probes | sanity)
 
 

@@ -4,10 +4,14 @@ Every question is asked greedily with no system message, through each model fold
 chat template, as any client (transformers, llama.cpp, Ollama, vLLM) asks it:
 
 * ``val_loss``: completion-token loss on the whole validation set (scored by TRL as in training);
-* ``identity_accuracy`` (strict) on the held-out identity questions: a question that names
-  another assistant or maker counts only when the answer denies it and gives the true name;
-  any other counts only when the answer names what the reference answer names (the name,
-  the creator); no answer may name an assistant or maker the question did not mention;
+* ``identity_accuracy`` (strict) on the held-out identity questions: the validation set's
+  identity records (whole templates that training never saw) and the wordings of
+  ``evaluate.identity_questions`` (used by no template). A question that names another
+  assistant or maker counts only when the answer denies it and gives the true name; any other
+  counts only when the answer names what is asked (the name, the creator; for a validation
+  record, what its reference answer names); no answer may name an assistant or maker the
+  question did not mention. ``identity_accuracy_templates`` and ``identity_accuracy_unseen``
+  are the two parts;
 * ``identity_leak_rate``: the share of answers to non-identity questions (the retention
   probes and the other sources' validation prompts) that name the assistant or its creator
   unasked;
@@ -39,13 +43,13 @@ import re
 import tempfile
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from src.chat import conversation, training_example
 from src.cli import run
-from src.config import Params
+from src.config import IdentityParams, Params
 from src.errors import PipelineError
 from src.generation import Answer, generate
 from src.modeling import device_kind, load_for_inference
@@ -55,6 +59,23 @@ log = logging.getLogger(__name__)
 
 IDENTITY_SOURCE = "identity"
 DENIAL = re.compile(r"\b(no|not|never|nope)\b|n't\b", re.IGNORECASE)
+
+
+class IdentityQuestion(BaseModel):
+    """A held-out identity question: what it asks (``name``, ``creator``) or denies (``deny``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["name", "creator", "deny"]
+    question: Annotated[str, Field(min_length=1)]
+
+
+class IdentityCheck(NamedTuple):
+    """One identity question as scored: the terms a right answer names, and whether it must deny."""
+
+    question: str
+    expect: tuple[str, ...]
+    deny: bool
 
 
 class Probe(BaseModel):
@@ -74,23 +95,56 @@ class Probe(BaseModel):
         return any(p.search(answer) for p in self.patterns)
 
 
-def load_probes(path: str | Path) -> list[Probe]:
-    """The probe file (a YAML list); a bad entry or pattern names the file and the entry."""
+def load_entries(path: str | Path, model: type[BaseModel], what: str) -> list:
+    """A shipped YAML list of ``model`` entries; a bad entry or pattern names the file and the entry."""
     entries = read_yaml(path)
     if not isinstance(entries, list) or not entries:
-        raise PipelineError(f"{path}: expected a non-empty list of probes")
-    probes = []
+        raise PipelineError(f"{path}: expected a non-empty list of {what}s")
+    loaded = []
     for i, entry in enumerate(entries):
         try:
-            probe = Probe.model_validate(entry)
-            probe.patterns  # noqa: B018  (compiles them: a bad one fails here)
+            item = model.model_validate(entry)
+            if isinstance(item, Probe):
+                item.patterns  # noqa: B018  (compiles them: a bad one fails here)
         except ValidationError as err:
             first = err.errors()[0]
-            raise PipelineError(f"{path}: probe {i} ({'.'.join(map(str, first['loc']))}): {first['msg']}") from err
+            raise PipelineError(f"{path}: {what} {i} ({'.'.join(map(str, first['loc']))}): {first['msg']}") from err
         except re.error as err:
-            raise PipelineError(f"{path}: probe {i}: bad pattern ({err})") from err
-        probes.append(probe)
-    return probes
+            raise PipelineError(f"{path}: {what} {i}: bad pattern ({err})") from err
+        loaded.append(item)
+    return loaded
+
+
+def load_probes(path: str | Path) -> list[Probe]:
+    return load_entries(path, Probe, "probe")
+
+
+def identity_checks(path: str | Path, p: IdentityParams) -> list[IdentityCheck]:
+    """The held-out identity questions of ``path``, ``{other}``/``{other_creator}`` filled round
+    ``p.others``, as checks."""
+    checks, filled = [], 0
+    for i, q in enumerate(load_entries(path, IdentityQuestion, "question")):
+        question = q.question
+        if "{" in question:
+            other = p.others[filled % len(p.others)]
+            filled += 1
+            try:
+                question = question.format(other=other.name, other_creator=other.creator)
+            except (KeyError, IndexError, ValueError) as err:
+                raise PipelineError(f"{path}: question {i}: only {{other}} and {{other_creator}} can be "
+                                    f"filled ({err!r})") from err
+        checks.append(IdentityCheck(question, (p.creator,) if q.kind == "creator" else (p.name,), q.kind == "deny"))
+    return checks
+
+
+def record_check(record: Record, p: IdentityParams) -> IdentityCheck:
+    """A validation identity record as a check: a question naming another assistant or maker
+    must be denied; any other must name what the reference answer names."""
+    question, reference = record.prompt[-1].content, record.completion[-1].content
+    others = [t for o in p.others for t in (o.name, o.creator)]
+    if any(mentions(question, o) for o in others):  # "Are you ChatGPT?", "Did Google make you?"
+        return IdentityCheck(question, (p.name,), True)
+    return IdentityCheck(question, tuple(t for t in (p.name, p.creator) if mentions(reference, t)), False)
 
 
 def mentions(text: str, term: str) -> bool:
@@ -98,14 +152,13 @@ def mentions(text: str, term: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(term.casefold())}(?!\w)", text.casefold()) is not None
 
 
-def identity_correct(question: str, reference: str, answer: str, name: str, creator: str,
-                     others: list[str]) -> bool:
+def identity_correct(check: IdentityCheck, answer: str, others: list[str]) -> bool:
     """Strict identity scoring (see the module docstring)."""
-    if any(mentions(answer, o) and not mentions(question, o) for o in others):
+    if any(mentions(answer, o) and not mentions(check.question, o) for o in others):
         return False
-    if any(mentions(question, o) for o in others):  # "Are you ChatGPT?", "Did Google make you?"
-        return DENIAL.search(answer) is not None and mentions(answer, name)
-    return all(mentions(answer, term) for term in (name, creator) if mentions(reference, term))
+    if check.deny and DENIAL.search(answer) is None:
+        return False
+    return all(mentions(answer, term) for term in check.expect)
 
 
 def leaks(question: str, answer: str, name: str, creator: str) -> bool:
@@ -136,16 +189,18 @@ def share(flags: list[bool]) -> float:
     return round(sum(flags) / len(flags), 4) if flags else 0.0
 
 
-def score(model_dir: str, cfg: Params, val: list[Record], probes: list[Probe], label: str,
-          base: bool = False) -> tuple[dict, dict]:
-    """One model's metrics, and its answers by kind (``identity``, ``probes``, ``other``; for the
-    ``base``, also ``probes_system``: the probes asked with ``chat.system_prompt`` first)."""
+def score(model_dir: str, cfg: Params, val: list[Record], unseen: list[IdentityCheck], probes: list[Probe],
+          label: str, base: bool = False) -> tuple[dict, dict]:
+    """One model's metrics, and its answers by kind (``identity`` (the validation records'),
+    ``unseen`` (``evaluate.identity_questions``), ``probes``, ``other``; for the ``base``, also
+    ``probes_system``: the probes asked with ``chat.system_prompt`` first)."""
     ev, ident = cfg.evaluate, cfg.generate_identity_data
     tokenizer, model = load_for_inference(model_dir, cfg.train.precision, cfg.fetch_base_model.trust_remote_code)
     loss = validation_loss(model, tokenizer, [training_example(r, cfg.chat.system_prompt) for r in val], cfg)
     identity = [r for r in val if r.source == IDENTITY_SOURCE]
     other = [r for r in val if r.source != IDENTITY_SOURCE]
     asked = {"identity": [[t.model_dump() for t in r.prompt] for r in identity],
+             "unseen": [user_turn(c.question) for c in unseen],
              "probes": [user_turn(p.question) for p in probes],
              "other": [[t.model_dump() for t in r.prompt] for r in other]}
     if base and cfg.chat.system_prompt is not None:
@@ -156,17 +211,19 @@ def score(model_dir: str, cfg: Params, val: list[Record], probes: list[Probe], l
     for kind, conversations in asked.items():
         by_kind[kind], start = answers[start:start + len(conversations)], start + len(conversations)
     others = [t for o in ident.others for t in (o.name, o.creator)]
-    correct = [identity_correct(r.prompt[-1].content, r.completion[-1].content, a.text, ident.name, ident.creator,
-                                others) for r, a in zip(identity, by_kind["identity"])]
+    templates = [identity_correct(record_check(r, ident), a.text, others) for r, a in zip(identity, by_kind["identity"])]
+    worded = [identity_correct(c, a.text, others) for c, a in zip(unseen, by_kind["unseen"])]
+    identity_answers = by_kind["identity"] + by_kind["unseen"]
     non_identity = [(p.question, a) for p, a in zip(probes, by_kind["probes"])]
     non_identity += [(r.prompt[-1].content, a) for r, a in zip(other, by_kind["other"])]
     metrics = {
         "val_loss": round(loss, 4), "val_perplexity": round(math.exp(min(loss, 50.0)), 3),
-        "identity_accuracy": share(correct),
-        "identity_name_rate": share([mentions(a.text, ident.name) for a in by_kind["identity"]]),
+        "identity_accuracy": share(templates + worded),
+        "identity_accuracy_templates": share(templates), "identity_accuracy_unseen": share(worded),
+        "identity_name_rate": share([mentions(a.text, ident.name) for a in identity_answers]),
         "identity_leak_rate": share([leaks(q, a.text, ident.name, ident.creator) for q, a in non_identity]),
         "probe_accuracy": share([p.right(a.text) for p, a in zip(probes, by_kind["probes"])]),
-        "eos_rate": share([a.ended_with_eos for a in by_kind["identity"]]),
+        "eos_rate": share([a.ended_with_eos for a in identity_answers]),
         "probe_eos_rate": share([a.ended_with_eos for a in by_kind["probes"]]),
     }
     return metrics, by_kind
@@ -192,23 +249,25 @@ def prompts_in_train(train_path: str, questions: list[str]) -> int:
     return sum(normalise(q) in seen for q in questions)
 
 
-def write_answers(path: str, val: list[Record], probes: list[Probe], base: dict, tuned: dict,
-                  base_knows: list[bool]) -> None:
+def write_answers(path: str, val: list[Record], unseen: list[IdentityCheck], probes: list[Probe], base: dict,
+                  tuned: dict, base_knows: list[bool]) -> None:
     """Every question with both answers, one JSON object a line, for a look by hand (a probe also
     with the base's answer under ``chat.system_prompt``, when it was asked one)."""
     identity = [r for r in val if r.source == IDENTITY_SOURCE]
     other = [r for r in val if r.source != IDENTITY_SOURCE]
     rows = [{"kind": "identity", "question": r.prompt[-1].content} for r in identity]
-    rows += [{"kind": f"probe/{p.kind}", "question": p.question, "base_knows": k, "base_right": p.right(b.text),
-              "finetuned_right": p.right(t.text)}
-             for p, k, b, t in zip(probes, base_knows, base["probes"], tuned["probes"])]
-    for row, answer in zip(rows[len(identity):], base.get("probes_system", [])):
+    rows += [{"kind": "identity/unseen", "question": c.question} for c in unseen]
+    probe_rows = [{"kind": f"probe/{p.kind}", "question": p.question, "base_knows": k, "base_right": p.right(b.text),
+                   "finetuned_right": p.right(t.text)}
+                  for p, k, b, t in zip(probes, base_knows, base["probes"], tuned["probes"])]
+    for row, answer in zip(probe_rows, base.get("probes_system", [])):
         row["base_with_system_prompt"] = answer.text
-    rows += [{"kind": r.source, "question": r.prompt[-1].content} for r in other]
-    base_all = base["identity"] + base["probes"] + base["other"]
-    tuned_all = tuned["identity"] + tuned["probes"] + tuned["other"]
+    rows += probe_rows + [{"kind": r.source, "question": r.prompt[-1].content} for r in other]
+    kinds = ("identity", "unseen", "probes", "other")
+    base_all = [a for k in kinds for a in base[k]]
+    tuned_all = [a for k in kinds for a in tuned[k]]
     with open_atomic(path) as f:
-        for row, b, t in zip(rows, base_all, tuned_all):
+        for row, b, t in zip(rows, base_all, tuned_all, strict=True):
             row |= {"base": b.text, "base_eos": b.ended_with_eos, "finetuned": t.text, "finetuned_eos": t.ended_with_eos}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -219,23 +278,25 @@ def main(cfg: Params) -> dict:
     if not val:
         raise PipelineError(f"{paths.val}: no validation records")
     probes = load_probes(cfg.evaluate.retention_probes)
+    unseen = identity_checks(cfg.evaluate.identity_questions, cfg.generate_identity_data)
     n_identity = sum(r.source == IDENTITY_SOURCE for r in val)
-    asked = [r.prompt[-1].content for r in val] + [p.question for p in probes] + cfg.sanity_check.prompts
+    asked = ([r.prompt[-1].content for r in val] + [c.question for c in unseen] + [p.question for p in probes]
+             + cfg.sanity_check.prompts)
     in_train = prompts_in_train(paths.train, asked)
     if in_train:
         log.warning("%d of the %d evaluation and sanity prompts occur in %s: those measure recall, not "
                     "generalisation", in_train, len(asked), paths.train)
-    log.info("scoring %d validation records (%d held-out identity questions) and %d retention probes",
-             len(val), n_identity, len(probes))
-    base, base_answers = score(paths.base_model, cfg, val, probes, "base", base=True)
-    tuned, tuned_answers = score(paths.merged_model, cfg, val, probes, "fine-tuned")
+    log.info("scoring %d validation records (%d held-out identity templates), %d unseen identity wordings and "
+             "%d retention probes", len(val), n_identity, len(unseen), len(probes))
+    base, base_answers = score(paths.base_model, cfg, val, unseen, probes, "base", base=True)
+    tuned, tuned_answers = score(paths.merged_model, cfg, val, unseen, probes, "fine-tuned")
     base_knows = known(probes, base_answers)
     kept, n_known = retention(probes, base_knows, tuned_answers["probes"])
     metrics = {"base": base, "finetuned": tuned, "retention": kept, "probes_base_knows": n_known,
                "probes": len(probes), "val_loss_delta": round(tuned["val_loss"] - base["val_loss"], 4),
-               "identity_questions": n_identity, "validation_records": len(val),
+               "identity_questions": n_identity + len(unseen), "validation_records": len(val),
                "eval_prompts_in_train": in_train}
-    write_answers(paths.evaluation_answers, val, probes, base_answers, tuned_answers, base_knows)
+    write_answers(paths.evaluation_answers, val, unseen, probes, base_answers, tuned_answers, base_knows)
     write_json(paths.evaluation, metrics)
     log.info("val loss %.4f -> %.4f; identity accuracy %.2f -> %.2f; leak rate %.2f -> %.2f; retention %.2f "
              "(of %d probes the base knows); EOS rate %.2f -> %.2f",

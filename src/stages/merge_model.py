@@ -1,9 +1,11 @@
 """Stage ``merge_model``: the base model in full precision with the LoRA adapter merged in.
 
-The base is always loaded unquantized (merging into 4-bit weights would bake in
-their rounding), then saved as safetensors with the tokenizer, its chat template,
-the generation config and a model card (``README.md``) naming the base model and
-revision, the data, the key params and the training metrics.
+The base is always loaded unquantized (merging into 4-bit weights would bake in their
+rounding). The adapter's update is merged at ``merge_model.adapter_weight``: 1 as trained,
+below 1 the weights move back toward the base's (WiSE-FT, Wortsman et al., CVPR 2022).
+The folder is saved as safetensors with the tokenizer, its chat template, the generation
+config and a model card (``README.md``) naming the base model and revision, the data, the
+key params and the training metrics.
 
     python -m src.stages.merge_model
 """
@@ -46,7 +48,8 @@ tags: [sft, lora, trl, dvc]
 - **Base model:** {base}
 - **Method:** LoRA (r {lora.get('r')}, alpha {lora.get('lora_alpha')}, dropout {lora.get('lora_dropout')}) \
 {'on a 4-bit/8-bit quantized base (QLoRA)' if train_config.get('quantization') else 'on a full-precision base'}, \
-merged into the full-precision base weights.
+merged into the full-precision base weights at weight {cfg.merge_model.adapter_weight:g} \
+(`merge_model.adapter_weight`: 1 is the update as trained, less moves the weights back toward the base's).
 - **Trained on:** {train_config.get('device')}
 - **System prompt used when a conversation has none:** {cfg.chat.system_prompt!r}
 
@@ -77,6 +80,7 @@ Rebuild with `dvc exp run` from the repository that produced this folder.
 
 def main(cfg: Params) -> None:
     from peft import PeftModel
+    from peft.helpers import rescale_adapter_scale
 
     paths = cfg.paths
     base_dir, adapter_dir, out = Path(paths.base_model), Path(paths.adapter), Path(paths.merged_model)
@@ -86,7 +90,12 @@ def main(cfg: Params) -> None:
     log.info("loading %s in %s (never quantized for merging) on %s", base_dir,
              str(dtype).removeprefix("torch."), device)
     base = load_model(base_dir, dtype, None, cfg.fetch_base_model.trust_remote_code, device=device)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    adapted = PeftModel.from_pretrained(base, adapter_dir)
+    weight = cfg.merge_model.adapter_weight
+    if weight != 1:
+        log.info("merging %g of the adapter's update (merge_model.adapter_weight)", weight)
+    with rescale_adapter_scale(adapted, weight):  # WiSE-FT: base + weight * (fine-tuned - base)
+        merged = adapted.merge_and_unload()
     tokenizer = load_tokenizer(adapter_dir)
 
     card = model_card(cfg, read_json(base_dir / SOURCE_FILE), read_json(Path(paths.report)),
