@@ -201,6 +201,7 @@ def gguf_tokenizer(path: Path | None = None, config=None):
     Read from GGUF, the tokenizer names ``<|im_start|>`` (its BOS) as EOS too; the model
     config knows EOS is ``<|im_end|>``. Pad is set apart from EOS: a pad token equal to
     EOS is how the original design ended up masking EOS out of the loss.
+    ``config``: the model config already read from the file, if the caller has it.
     """
     from transformers import AutoConfig, AutoTokenizer
 

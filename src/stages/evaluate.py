@@ -96,27 +96,34 @@ class Probe(BaseModel):
 
 
 def load_entries(path: str | Path, model: type[BaseModel], what: str) -> list:
-    """A shipped YAML list of ``model`` entries; a bad entry or pattern names the file and the entry."""
+    """A shipped YAML list of ``model`` entries; a bad entry names the file and the entry."""
     entries = read_yaml(path)
     if not isinstance(entries, list) or not entries:
         raise PipelineError(f"{path}: expected a non-empty list of {what}s")
     loaded = []
     for i, entry in enumerate(entries):
         try:
-            item = model.model_validate(entry)
-            if isinstance(item, Probe):
-                item.patterns  # noqa: B018  (compiles them: a bad one fails here)
+            loaded.append(model.model_validate(entry))
         except ValidationError as err:
             first = err.errors()[0]
             raise PipelineError(f"{path}: {what} {i} ({'.'.join(map(str, first['loc']))}): {first['msg']}") from err
-        except re.error as err:
-            raise PipelineError(f"{path}: {what} {i}: bad pattern ({err})") from err
-        loaded.append(item)
     return loaded
 
 
 def load_probes(path: str | Path) -> list[Probe]:
-    return load_entries(path, Probe, "probe")
+    """The probe file, every pattern compiled: a bad one names the file and the probe."""
+    probes = load_entries(path, Probe, "probe")
+    for i, probe in enumerate(probes):
+        try:
+            probe.patterns  # noqa: B018  (compiles them)
+        except re.error as err:
+            raise PipelineError(f"{path}: probe {i}: bad pattern ({err})") from err
+    return probes
+
+
+def other_terms(p: IdentityParams) -> list[str]:
+    """The names and makers of the assistants the model is not."""
+    return [t for o in p.others for t in (o.name, o.creator)]
 
 
 def identity_checks(path: str | Path, p: IdentityParams) -> list[IdentityCheck]:
@@ -141,8 +148,7 @@ def record_check(record: Record, p: IdentityParams) -> IdentityCheck:
     """A validation identity record as a check: a question naming another assistant or maker
     must be denied; any other must name what the reference answer names."""
     question, reference = record.prompt[-1].content, record.completion[-1].content
-    others = [t for o in p.others for t in (o.name, o.creator)]
-    if any(mentions(question, o) for o in others):  # "Are you ChatGPT?", "Did Google make you?"
+    if any(mentions(question, o) for o in other_terms(p)):  # "Are you ChatGPT?", "Did Google make you?"
         return IdentityCheck(question, (p.name,), True)
     return IdentityCheck(question, tuple(t for t in (p.name, p.creator) if mentions(reference, t)), False)
 
@@ -210,7 +216,7 @@ def score(model_dir: str, cfg: Params, val: list[Record], unseen: list[IdentityC
     by_kind, start = {}, 0
     for kind, conversations in asked.items():
         by_kind[kind], start = answers[start:start + len(conversations)], start + len(conversations)
-    others = [t for o in ident.others for t in (o.name, o.creator)]
+    others = other_terms(ident)
     templates = [identity_correct(record_check(r, ident), a.text, others) for r, a in zip(identity, by_kind["identity"])]
     worded = [identity_correct(c, a.text, others) for c, a in zip(unseen, by_kind["unseen"])]
     identity_answers = by_kind["identity"] + by_kind["unseen"]
