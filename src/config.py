@@ -214,6 +214,17 @@ Scalar = str | int | float | bool | None
 LibraryFields = dict[str, Scalar | list[Scalar] | dict[str, Scalar]]  # gradient_checkpointing_kwargs: a dict
 
 
+class ReplayLossParams(Section):
+    """How the replay records (``generate_replay_data``) are trained on: ``ce`` as any record
+    (the base's greedy answers as targets), ``kl`` towards the base's whole next-token
+    distribution on those answers (src/distill.py), ``weight`` times, ``rows_per_batch`` rows
+    beside each training batch."""
+
+    loss: Literal["ce", "kl"]
+    weight: Annotated[float, Field(gt=0)]
+    rows_per_batch: Annotated[int, Field(ge=1)]
+
+
 class TrainParams(Section):
     """``lora``, ``quantization`` and ``sft`` are passed to peft.LoraConfig,
     transformers.BitsAndBytesConfig and trl.SFTConfig; the train stage builds them
@@ -224,6 +235,7 @@ class TrainParams(Section):
     eval_records: Annotated[int, Field(ge=1)]
     over_length: Literal["truncate", "drop"]
     distributed: Literal["none", "ddp", "fsdp"]
+    replay: ReplayLossParams
     quantization: LibraryFields
     lora: LibraryFields
     sft: LibraryFields
@@ -236,6 +248,13 @@ class TrainParams(Section):
             raise ValueError(f"{', '.join(owned)} is set by the pipeline; remove it "
                              "(precision: train.precision; seed: train.seed; output_dir: the vars of dvc.yaml)")
         return sft
+
+    @model_validator(mode="after")
+    def _kl_in_one_process(self) -> TrainParams:
+        if self.replay.loss == "kl" and self.distributed != "none":
+            raise ValueError(f"replay.loss kl runs in one process (its extra forward passes are not "
+                             f"synchronised by {self.distributed}); set replay.loss: ce")
+        return self
 
     @property
     def quantized(self) -> bool:

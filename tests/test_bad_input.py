@@ -100,7 +100,7 @@ def test_over_length_records_dropped_and_counted(built, tmp_path):
     metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
     dropped = metrics["records_dropped"]
     assert dropped["too_long"] > 0 and metrics["records_truncated"] == 0
-    assert metrics["records"] == metrics["records_trained"] + sum(dropped.values())
+    assert metrics["records"] == metrics["records_trained"] + metrics["records_distilled"] + sum(dropped.values())
     assert metrics["records_trained"] == train.sequences_in(trainer.train_dataset)  # packed rows hold several
     longest = max(len(ids) for ids in trainer.train_dataset["input_ids"])
     assert longest <= 96

@@ -101,9 +101,9 @@ def test_second_run_is_a_no_op_and_training_change_reruns_only_downstream(pipeli
     repo, _, _ = pipeline
     again = run_cli(["dvc", "exp", "run"], repo, check=True)
     assert ran_stages(again.stdout) == set(), again.stdout
-    # a short training run keeps this cheap; what matters is which stages run
+    # a short training run and short answers keep this cheap; what matters is which stages run
     # two steps teach nothing: the gate would fail the run; deferred, it records the verdict only
-    changed = run_cli(["dvc", "exp", "run", "-S", "train.sft.max_steps=2"], repo, check=True,
-                      env={"QUALITY_GATE": "defer"})
+    changed = run_cli(["dvc", "exp", "run", "-S", "train.sft.max_steps=2", "-S", "sanity_check.max_new_tokens=8",
+                       "-S", "evaluate.max_new_tokens=8"], repo, check=True, env={"QUALITY_GATE": "defer"})
     assert ran_stages(changed.stdout) == MODEL_STAGES, changed.stdout
     assert "quality gate failed" in changed.stderr + changed.stdout

@@ -17,8 +17,8 @@ from src.chat import with_system_prompt
 from src.errors import PipelineError
 from src.generation import Answer
 from src.modeling import load_tokenizer
-from src.config import IdentityParams
-from src.records import make_record, normalise, prompt_key, read_jsonl
+from src.config import REPLAY_SOURCE, IdentityParams
+from src.records import make_record, normalise, prompt_key, read_jsonl, write_jsonl
 from src.stages import (data_split, evaluate, fetch_base_model, generate_identity_data, generate_replay_data,
                         merge_data, merge_model, process_orca_data, process_platypus_data, quality_gate,
                         sanity_check, train)
@@ -58,6 +58,7 @@ def build_data(cfg) -> None:
     merge_data.main(cfg)
 
 
+KL_REPLAY = {"replay": {"loss": "kl", "weight": 1.0, "rows_per_batch": 2}}  # replay by distillation (src/distill.py)
 QLORA = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
          "bnb_4bit_compute_dtype": "auto"}
 
@@ -74,10 +75,28 @@ def prepared(tmp: Path, sft: dict | None = None, **overrides):
     return model, cfg
 
 
+# Questions of src/prompts/replay.yaml (none is an evaluation or sanity prompt: a test holds it).
+REPLAY_PAIRS = [("What is the capital of Canada?", "The capital of Canada is Ottawa."),
+                ("How many sides does a hexagon have?", "A hexagon has six sides."),
+                ("What is the chemical symbol for iron?", "The chemical symbol for iron is Fe."),
+                ("How many days are in a leap year?", "A leap year has 366 days."),
+                ("Which planet is closest to the Sun?", "Mercury is the planet closest to the Sun."),
+                ("How many meters are in a kilometer?", "There are 1000 meters in a kilometer.")]
+
+
+def add_replay_records(cfg, n: int) -> list:
+    """``n`` replay records appended to the training file, as ``generate_replay_data`` writes
+    them when the base's answers end (a tiny random model's rarely do)."""
+    records = [make_record(q, a, REPLAY_SOURCE) for q, a in REPLAY_PAIRS[:n]]
+    write_jsonl(cfg.paths.train, [*read_jsonl(cfg.paths.train), *records])
+    return records
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Every stage once, in DAG order, on the tiny model; returns params and the trainer."""
-    _, cfg = prepared(tmp_path_factory.mktemp("tiny"))
+    _, cfg = prepared(tmp_path_factory.mktemp("tiny"), train=KL_REPLAY)
+    add_replay_records(cfg, 4)  # distilled beside the batches
     trainer = train.main(cfg)
     merge_model.main(cfg)
     sanity_check.main(cfg)
@@ -105,19 +124,50 @@ def test_loss_falls_and_is_logged_by_dvclive(run):
     assert losses[-1] < losses[0]
     evals = list(csv.DictReader((live / "plots/metrics/eval/loss.tsv").open(), delimiter="\t"))
     assert [int(r["step"]) for r in evals] == [4, 8]
-    for plot in ("train/learning_rate.tsv", "train/tokens_per_second.tsv"):
+    for plot in ("train/learning_rate.tsv", "train/tokens_per_second.tsv", "train/replay_kl.tsv"):
         assert len((live / "plots/metrics" / plot).read_text().splitlines()) == 5
     metrics = json.loads((live / "metrics.json").read_text())
     assert metrics["steps"] == 8
-    # every record is accounted for: trained on, or dropped by reason (here: max_length left no answer)
+    # every record is accounted for: trained on, distilled, or dropped by reason (here: max_length left no answer)
     dropped = metrics["records_dropped"]
-    assert metrics["records"] == metrics["records_trained"] + sum(dropped.values())
+    assert metrics["records"] == metrics["records_trained"] + metrics["records_distilled"] + sum(dropped.values())
+    assert metrics["records_distilled"] == 4 and dropped["no_answer_left"] == 0
     assert metrics["records_trained"] == train.sequences_in(trainer.train_dataset)  # packed rows hold several
     assert metrics["records_truncated"] >= dropped["no_completion_left"] > 0 and dropped["too_long"] == 0
     assert metrics["resumed_from_step"] == 0
     # a finished run leaves no checkpoints behind: its adapter is saved
     assert not any(Path(cfg.paths.checkpoints).glob("*/checkpoint-*"))
     assert 0 < metrics["eval_time_share"] < 1 and metrics["tokens_trained"] > 0
+
+
+def test_kl_replay_keeps_the_base_distribution_where_ce_replay_does_not(run, tmp_path):
+    """The same replay records trained on both ways: KL beside the batches ends nearer the
+    base's whole next-token distribution on them than cross-entropy in the batches. (A heavy
+    weight, so that on a tiny model the replay's effect stands out of the drift of the rest.)"""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from src.chat import training_example
+    from src.distill import kl_to_base, replay_rows
+
+    cfg, trainer, _ = run  # KL, its value logged with the loss
+    logged = [h["replay_kl"] for h in trainer.state.log_history if "replay_kl" in h]
+    assert len(logged) == trainer.state.global_step // trainer.args.logging_steps and min(logged) >= 0
+    kl_to = {}
+    for loss in ("kl", "ce"):
+        _, c = prepared(tmp_path / loss, train={"replay": {"loss": loss, "weight": 5.0, "rows_per_batch": 2}})
+        replay = add_replay_records(c, 4)
+        train.main(c)
+        distilled = json.loads((Path(c.paths.train_live) / "metrics.json").read_text())["records_distilled"]
+        assert distilled == (4 if loss == "kl" else 0)
+        tokenizer = load_tokenizer(c.paths.adapter)
+        rows = replay_rows(tokenizer, [training_example(r, c.chat.system_prompt) for r in replay], None)
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(c.paths.base_model),
+                                          c.paths.adapter).eval()
+        with torch.no_grad():
+            kl_to[loss] = kl_to_base(tuned, rows, "cpu").item()
+    assert kl_to["kl"] < 0.6 * kl_to["ce"], kl_to  # 0.0067 against 0.0143 here
 
 
 def test_base_weights_frozen_and_lora_weights_moved(run):
@@ -408,9 +458,11 @@ def test_qlora_4bit_trains_on_cpu(tmp_path, monkeypatch):
         return inference_kernel(*args, **kwargs)
 
     monkeypatch.setattr(bnb_functional, "gemv_4bit", spy)
-    _, cfg = prepared(tmp_path, sft={"max_steps": 2, "eval_steps": 1}, train={"quantization": QLORA})
+    _, cfg = prepared(tmp_path, sft={"max_steps": 2, "eval_steps": 1}, train={"quantization": QLORA, **KL_REPLAY})
+    add_replay_records(cfg, 2)  # the KL term's base pass: the 4-bit base with the adapter switched off
     trainer = train.main(cfg)
     assert calls_with_grad == []  # evaluation ran after step 1, and step 2 still trained with gradients
+    assert [h["replay_kl"] >= 0 for h in trainer.state.log_history if "replay_kl" in h] == [True]
     quantized = [m for m in trainer.model.modules() if type(m).__name__ == "Linear4bit"]
     assert quantized, "the base was not loaded in 4 bit"
     assert all(p.abs().sum() > 0 for n, p in trainer.model.named_parameters() if "lora_B" in n)

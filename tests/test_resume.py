@@ -18,7 +18,7 @@ import pytest
 from src import checkpoints
 from src.checkpoints import CheckpointStore
 from src.stages import train
-from tests.test_model_stages import QLORA, prepared
+from tests.test_model_stages import KL_REPLAY, QLORA, add_replay_records, prepared
 
 SFT = {"max_steps": 9, "save_steps": 3, "save_total_limit": 2, "eval_steps": 4, "logging_steps": 1,
        "learning_rate": 5.0e-3}
@@ -30,7 +30,8 @@ class Stop(Exception):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    _, cfg = prepared(tmp_path_factory.mktemp("resume"), sft=SFT)
+    _, cfg = prepared(tmp_path_factory.mktemp("resume"), sft=SFT, train=KL_REPLAY)
+    add_replay_records(cfg, 5)  # distilled beside the batches: the rows a step takes must resume too
     reference = train.main(cfg)
     return cfg, adapter_weights(cfg), reference.state.log_history
 

@@ -13,7 +13,8 @@ of the sources in ``generate_replay_data.sources`` (never their validation promp
 ``chat.system_prompt`` when it has no system turn). Answers that end without EOS (cut at
 ``max_new_tokens``) or are empty are dropped and counted. With ``enabled: false`` the stage
 writes an empty file and costs nothing. The mix in ``merge_data`` sets how many replay
-records the training set takes.
+records the training set takes; ``train.replay.loss`` how training uses them (``ce``: as
+targets; ``kl``: the base's whole next-token distribution on these answers, src/distill.py).
 
     python -m src.stages.generate_replay_data     (or: dvc repro generate_replay_data)
 """

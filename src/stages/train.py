@@ -32,7 +32,8 @@ from src.chat import prompt_ids, training_example, with_system_prompt
 from src.checkpoints import (PREFIX, TRAINER_STATE, CheckpointStore, checkpoint_root, finished, release_all,
                              fingerprint_inputs, keep_after_success, step_of)
 from src.cli import run
-from src.config import Params
+from src.config import REPLAY_SOURCE, Params
+from src.distill import replay_rows, with_replay_kl
 from src.distributed import relaunch_if_needed
 from src.errors import PipelineError
 from src.modeling import TRAIN_CONFIG_FILE, compute_dtype, device_kind, load_model, load_tokenizer
@@ -146,11 +147,17 @@ def jsonable(data: dict) -> dict:
                                  else str(o)))
 
 
-def load_examples(path: str, system_prompt: str | None) -> list[dict]:
-    examples = [training_example(r, system_prompt) for r in read_jsonl(path)]
-    if not examples:
-        raise PipelineError(f"{path}: no records to train on")
-    return examples
+def load_examples(path: str, system_prompt: str | None, distilled: bool = False) -> tuple[list[dict], list[dict]]:
+    """The records as prompt/completion examples: (supervised, distilled). With ``distilled`` the
+    replay records are the second list (src/distill.py); otherwise it is empty."""
+    supervised, replay = [], []
+    for r in read_jsonl(path):
+        (replay if distilled and r.source == REPLAY_SOURCE else supervised).append(
+            training_example(r, system_prompt))
+    if not supervised:
+        raise PipelineError(f"{path}: no records to train on" if not replay else
+                            f"{path}: only replay records, which train.replay.loss kl does not supervise")
+    return supervised, replay
 
 
 def token_lengths(tokenizer, examples: list[dict]) -> list[int]:
@@ -159,7 +166,7 @@ def token_lengths(tokenizer, examples: list[dict]) -> list[int]:
                                               return_dict=True)["input_ids"]) for e in examples]
 
 
-LIVE_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mean_token_accuracy")
+LIVE_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mean_token_accuracy", "replay_kl")
 
 
 def make_callbacks(live):
@@ -309,8 +316,8 @@ def run_training(cfg: Params):
              " with 4-bit/8-bit base weights" if quantization else "")
 
     # Data: every record through the chat template, prompt and completion apart.
-    all_examples = load_examples(paths.train, cfg.chat.system_prompt)
-    val_examples = load_examples(paths.val, cfg.chat.system_prompt)
+    all_examples, replay_examples = load_examples(paths.train, cfg.chat.system_prompt, tc.replay.loss == "kl")
+    val_examples, _ = load_examples(paths.val, cfg.chat.system_prompt)
     eval_examples = random.Random(tc.seed).sample(val_examples, min(tc.eval_records, len(val_examples)))
     lengths = token_lengths(tokenizer, all_examples)
     max_length = sft_config.max_length
@@ -329,6 +336,13 @@ def run_training(cfg: Params):
         no_completion = 0
     if not train_examples:
         raise PipelineError(f"{paths.train}: no record keeps a completion token within max_length {max_length}")
+    distilled = replay_rows(tokenizer, replay_examples, max_length)
+    if distilled and sft_config.world_size > 1:  # started by torchrun or accelerate with distributed none
+        raise PipelineError(f"train.replay.loss kl runs in one process, not {sft_config.world_size}; "
+                            "set train.replay.loss: ce")
+    if replay_examples:
+        log.info("%d replay records distilled beside the batches (train.replay.loss kl), %d a batch",
+                 len(distilled), tc.replay.rows_per_batch)
 
     # Checkpoints: resume from the newest complete one of this configuration, if any. Under
     # torchrun or accelerate, the first process of all holds the folder and tidies it before the
@@ -357,7 +371,8 @@ def run_training(cfg: Params):
         os.environ["DVC_STUDIO_OFFLINE"] = "true"
     live = Live(paths.train_live, dvcyaml=None, save_dvc_exp=False, report=None) if writer else None
     callbacks = make_callbacks(live)
-    trainer = resumable(SFTTrainer, store)(
+    trainer_class = with_replay_kl(SFTTrainer, distilled, tc.replay.weight, tc.replay.rows_per_batch, tc.seed)
+    trainer = resumable(trainer_class, store)(
         model=model, args=sft_config, processing_class=tokenizer, peft_config=lora_config,
         train_dataset=Dataset.from_list(train_examples), eval_dataset=Dataset.from_list(eval_examples),
         callbacks=callbacks,
@@ -390,10 +405,12 @@ def run_training(cfg: Params):
         "eval_loss": next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None),
         "steps": trainer.state.global_step,
         "resumed_from_step": step_of(resume) if resume else 0,
-        "records": len(all_examples),
+        "records": len(all_examples) + len(replay_examples),
         "records_trained": trained,
+        "records_distilled": len(distilled),
         "records_truncated": truncated,
-        "records_dropped": {"too_long": too_long, "no_completion_left": no_completion},
+        "records_dropped": {"too_long": too_long, "no_completion_left": no_completion,
+                            "no_answer_left": len(replay_examples) - len(distilled)},
         "tokens_trained": int(tokens),
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
