@@ -45,6 +45,12 @@ def prompt_ids(tokenizer, messages: Sequence[Message]) -> list[int]:
                                          return_dict=True)["input_ids"]
 
 
+def example_ids(tokenizer, example: dict) -> list[int]:
+    """Token ids of a whole prompt/completion example as the chat template renders it."""
+    return tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True,
+                                         return_dict=True)["input_ids"]
+
+
 def generation_inputs(tokenizer, conversations: Sequence[Sequence[Message]]):
     """A left-padded batch of generation prompts, as tensors."""
     tokenizer.padding_side = "left"

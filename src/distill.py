@@ -21,7 +21,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from src.chat import prompt_ids
+from src.chat import example_ids, prompt_ids
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,7 @@ def replay_rows(tokenizer, examples: Sequence[dict], max_length: int | None) -> 
     a row whose answer does not survive the cut is left out."""
     rows = []
     for e in examples:
-        ids = tokenizer.apply_chat_template(e["prompt"] + e["completion"], tokenize=True,
-                                            return_dict=True)["input_ids"]
+        ids = example_ids(tokenizer, e)
         start = len(prompt_ids(tokenizer, e["prompt"]))
         if max_length:
             ids = ids[:max_length]
@@ -63,17 +62,14 @@ def kl_to_base(model, rows: Sequence[ReplayRow], device):
     """Mean over the rows' answer tokens of KL(base || model) between next-token distributions;
     ``model`` is a PEFT model whose adapter is switched off for the base's pass."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    attention = torch.zeros(len(rows), width, dtype=torch.long)
-    answer = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        n = len(r.input_ids)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        attention[i, :n] = 1
-        answer[i, :n] = torch.tensor(r.answer)
-    ids, attention, answer = ids.to(device), attention.to(device), answer.to(device)
+    def padded(rows_of):  # right-padded with zeros (padding attends nowhere and is never an answer)
+        return pad_sequence([torch.tensor(r) for r in rows_of], batch_first=True).to(device)
+
+    ids = padded([r.input_ids for r in rows])
+    attention = padded([[1] * len(r.input_ids) for r in rows])
+    answer = padded([r.answer for r in rows])
     predicts = answer[:, 1:]  # logits at t predict token t + 1: the positions before answer tokens
     logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1][predicts]
     with torch.no_grad(), model.disable_adapter():

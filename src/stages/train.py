@@ -28,7 +28,7 @@ import types
 import typing
 from pathlib import Path
 
-from src.chat import prompt_ids, training_example, with_system_prompt
+from src.chat import example_ids, prompt_ids, training_example, with_system_prompt
 from src.checkpoints import (PREFIX, TRAINER_STATE, CheckpointStore, checkpoint_root, finished, release_all,
                              fingerprint_inputs, keep_after_success, step_of)
 from src.cli import run
@@ -162,8 +162,7 @@ def load_examples(path: str, system_prompt: str | None, distilled: bool = False)
 
 def token_lengths(tokenizer, examples: list[dict]) -> list[int]:
     """Full length in tokens of each example as the chat template renders it."""
-    return [len(tokenizer.apply_chat_template(e["prompt"] + e["completion"], tokenize=True,
-                                              return_dict=True)["input_ids"]) for e in examples]
+    return [len(example_ids(tokenizer, e)) for e in examples]
 
 
 LIVE_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mean_token_accuracy", "replay_kl")
