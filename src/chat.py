@@ -34,7 +34,8 @@ def conversation(prompt: Iterable, system_prompt: str | None) -> list[Message]:
 
 
 def training_example(record: Record, system_prompt: str | None) -> dict[str, list[Message]]:
-    """TRL's conversational prompt/completion form: the loss falls on the completion only."""
+    """TRL's conversational prompt/completion form (a multi-turn record's earlier replies are in
+    its prompt); ``supervised_ids`` turns it into tokens with every assistant turn supervised."""
     return {"prompt": conversation(record.prompt, system_prompt),
             "completion": [t.model_dump() for t in record.completion]}
 
@@ -49,6 +50,38 @@ def example_ids(tokenizer, example: dict) -> list[int]:
     """Token ids of a whole prompt/completion example as the chat template renders it."""
     return tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True,
                                          return_dict=True)["input_ids"]
+
+
+def supervised_ids(tokenizer, example: dict) -> dict[str, list[int]]:
+    """A whole example (prompt turns then its reply) as the chat template renders it: ``input_ids``,
+    and ``assistant_masks`` that are 1 on every assistant turn, its end-of-turn token included.
+
+    Each assistant turn starts where the conversation rendered up to it, with the generation
+    prompt, stops matching the whole; it ends where the conversation rendered through it stops
+    matching. A single-turn example gets exactly TRL's completion mask for the same turns."""
+    messages = example["prompt"] + example["completion"]
+    ids = _render(tokenizer, messages)
+    mask = [0] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start = _common_prefix(_render(tokenizer, messages[:i], add_generation_prompt=True), ids)
+            end = len(ids) if i == len(messages) - 1 else _common_prefix(_render(tokenizer, messages[:i + 1]), ids)
+            mask[start:end] = [1] * (end - start)
+    return {"input_ids": ids, "assistant_masks": mask}
+
+
+def _render(tokenizer, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[int]:
+    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
+                                         tokenize=True, return_dict=True)["input_ids"]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def generation_inputs(tokenizer, conversations: Sequence[Sequence[Message]]):

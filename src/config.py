@@ -32,27 +32,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class RawPaths(Section):
-    orca: NonEmptyStr
-    platypus: NonEmptyStr
-
-
-class SourcePaths(Section):
-    """One processed record file per source, split and merged in sorted key order."""
-
-    identity: NonEmptyStr
-    orca: NonEmptyStr
-    platypus: NonEmptyStr
-
-
 class Paths(Section):
-    raw: RawPaths
-    processed: SourcePaths
+    identity: NonEmptyStr
+    processed_dir: NonEmptyStr
     split_dir: NonEmptyStr
     metrics_dir: NonEmptyStr
     train: NonEmptyStr
     val: NonEmptyStr
     report: NonEmptyStr
+    merge_metrics: NonEmptyStr
     base_model: NonEmptyStr
     checkpoints: NonEmptyStr
     adapter: NonEmptyStr
@@ -65,6 +53,10 @@ class Paths(Section):
     quality_gate: NonEmptyStr
     replay: NonEmptyStr
 
+    def processed_file(self, source: str) -> Path:
+        """Where ``process_data@<source>`` writes the source's records."""
+        return Path(self.processed_dir) / f"{source}.jsonl"
+
     def split_file(self, source: str, split: str) -> Path:
         """Where ``data_split@<source>`` writes its ``train`` or ``val`` records."""
         return Path(self.split_dir) / source / f"{split}.jsonl"
@@ -74,8 +66,8 @@ class Paths(Section):
         return Path(self.metrics_dir) / f"{name}.json"
 
     def outputs(self) -> dict[str, str]:
-        """Every path a stage writes, by dotted key (``processed.orca``, ``merged_model``, ...)."""
-        return flat_outputs({k: v for k, v in self.model_dump().items() if k != "raw"})
+        """Every path a stage writes, by key (``identity``, ``merged_model``, ...)."""
+        return self.model_dump()
 
     @model_validator(mode="after")
     def _outputs_apart(self) -> Paths:
@@ -93,14 +85,8 @@ class Paths(Section):
         return self
 
 
-def flat_outputs(paths: dict) -> dict:
-    """Output paths by dotted key: ``processed``'s entries as ``processed.<source>``."""
-    return {f"processed.{k}": v for k, v in (paths.get("processed") or {}).items()} | {
-        k: v for k, v in paths.items() if k != "processed"}
-
-
 # Folders that hold outputs written under them by name rather than being outputs themselves.
-CONTAINERS = frozenset({"split_dir", "metrics_dir", "train_live"})
+CONTAINERS = frozenset({"processed_dir", "split_dir", "metrics_dir", "train_live"})
 # The only top-level folders of the repository that stages may write into (dvc.yaml's vars), and
 # the folders inside them that hold inputs.
 OUTPUT_ROOTS = ("data", "models", "dvclive", "sanity_check_result")
@@ -130,18 +116,31 @@ class IdentityParams(Section):
         return self
 
 
-class SubsetParams(Section):
-    """A seeded subset of a raw file: a row count, a fraction, or neither (all rows)."""
+FORMATS = ("records", "alpaca", "sharegpt", "messages", "prompt_completion", "orca", "platypus")
+SourceName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
 
-    subset_rows: Annotated[int, Field(ge=0)] | None
-    subset_fraction: Annotated[float, Field(gt=0, le=1)] | None
-    max_chars: Annotated[int, Field(gt=0)]
-    seed: Seed
+
+class DatasetSpec(Section):
+    """One source of training data: a local file, its format, and which of its rows to keep.
+
+    ``columns`` maps a field of the format (``instruction``, ``output``, ``conversations``...) to
+    the file's own column name, for files whose names differ (a CSV of ``question,answer``)."""
+
+    path: NonEmptyStr
+    format: Literal[FORMATS]  # type: ignore[valid-type]
+    columns: dict[NonEmptyStr, NonEmptyStr] = {}
+    subset_rows: Annotated[int, Field(ge=0)] | None = None
+    subset_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_chars: Annotated[int, Field(gt=0)] = 6000
+    seed: Seed = 0
 
     @model_validator(mode="after")
-    def _one_subset_kind(self) -> SubsetParams:
+    def _one_subset_kind(self) -> DatasetSpec:
         if self.subset_rows is not None and self.subset_fraction is not None:
             raise ValueError("subset_rows and subset_fraction are both set; set one, the other to null")
+        from src.formats import check_columns  # the formats know their own fields
+
+        check_columns(self.format, self.columns)
         return self
 
 
@@ -150,9 +149,8 @@ class SplitParams(Section):
     seed: Seed
 
 
-SPLIT_SOURCES = ("identity", "orca", "platypus")  # the keys of paths.processed
-REPLAY_SOURCE = "replay"  # the base model's own answers (generate_replay_data): training only
-TRAIN_SOURCES = (*SPLIT_SOURCES, REPLAY_SOURCE)
+IDENTITY_SOURCE = "identity"  # generate_identity_data's records; its split keeps each template on one side
+REPLAY_SOURCE = "replay"  # the base model's own answers (generate_replay_data): training only, never a dataset
 Share = Annotated[float, Field(gt=0, lt=1)]
 
 
@@ -170,27 +168,40 @@ class MixSpec(Section):
         return self
 
 
+class NearDuplicateParams(Section):
+    """MinHash LSH over word shingles of each training record (src/dedup.py)."""
+
+    threshold: Annotated[float, Field(gt=0, le=1)] | None  # estimated Jaccard similarity; null: off
+    shingle_words: Annotated[int, Field(ge=1)]
+    num_perm: Annotated[int, Field(ge=16, le=1024)]
+    skip_sources: list[str]  # sources whose rows are alike by design (identity's wordings)
+
+
+class ContaminationParams(Section):
+    """Word n-gram overlap of training prompts with what the pipeline evaluates on."""
+
+    ngram: Annotated[int, Field(ge=1)]
+    action: Literal["report", "drop"]
+
+
 class MergeParams(Section):
     mix: dict[str, MixSpec]
+    near_duplicates: NearDuplicateParams
+    contamination: ContaminationParams
     seed: Seed
 
     @model_validator(mode="after")
-    def _known_sources(self) -> MergeParams:
-        unknown = sorted(set(self.mix) - set(TRAIN_SOURCES))
-        if unknown:
-            raise ValueError(f"mix: unknown source {', '.join(unknown)} (sources: {', '.join(TRAIN_SOURCES)})")
+    def _shares_leave_room(self) -> MergeParams:
         shares = [m.share for m in self.mix.values() if m.share is not None]
         if shares and sum(shares) >= 1:
             raise ValueError(f"mix: the shares add up to {sum(shares):g}; they must leave room for the "
                              "other sources (below 1)")
-        if shares and all(self.mix.get(s, MixSpec()).share is not None for s in TRAIN_SOURCES):
-            raise ValueError("mix: every source has a share; give at least one a row count or nothing")
         return self
 
 
 class ReplayParams(Section):
     enabled: bool
-    sources: list[Literal["orca", "platypus"]]  # never identity: the base would answer "I'm SmolLM"
+    sources: list[str]  # keys of datasets; never identity: the base would answer "I'm SmolLM"
     questions: NonEmptyStr | None
     max_prompts: Annotated[int, Field(ge=0)] | None
     max_new_tokens: Annotated[int, Field(ge=1)]
@@ -298,8 +309,7 @@ class GateParams(Section):
 class Params(Section):
     paths: Paths
     generate_identity_data: IdentityParams
-    process_orca_data: SubsetParams
-    process_platypus_data: SubsetParams
+    datasets: Annotated[dict[SourceName, DatasetSpec], Field(min_length=1)]
     data_split: SplitParams
     generate_replay_data: ReplayParams
     merge_data: MergeParams
@@ -310,6 +320,27 @@ class Params(Section):
     sanity_check: SanityParams
     evaluate: EvaluateParams
     quality_gate: GateParams
+
+    @model_validator(mode="after")
+    def _sources_known(self) -> Params:
+        """Every source a setting names is a key of ``datasets`` (or, for the mix, the replay)."""
+        sources = sorted(self.datasets)
+        if REPLAY_SOURCE in self.datasets:
+            raise ValueError(f"datasets.{REPLAY_SOURCE}: the name is taken by generate_replay_data's records")
+        train_sources = [*sources, REPLAY_SOURCE]
+        for where, names, allowed in (
+                ("merge_data.mix", self.merge_data.mix, train_sources),
+                ("merge_data.near_duplicates.skip_sources", self.merge_data.near_duplicates.skip_sources,
+                 train_sources),
+                ("generate_replay_data.sources", self.generate_replay_data.sources,
+                 [s for s in sources if s != IDENTITY_SOURCE])):
+            unknown = sorted(set(names) - set(allowed))
+            if unknown:
+                raise ValueError(f"{where}: unknown source {', '.join(unknown)} (sources: {', '.join(allowed)})")
+        if self.merge_data.mix and all(self.merge_data.mix.get(s, MixSpec()).share is not None
+                                       for s in train_sources):
+            raise ValueError("merge_data.mix: every source has a share; give at least one a row count or nothing")
+        return self
 
 
 def format_validation_error(err: ValidationError, source: str = PARAMS_FILE) -> str:
@@ -346,7 +377,7 @@ def output_paths(repo: str | Path | None = None) -> dict:
     if len(found) != 1 or not isinstance(found[0], dict):
         raise PipelineError(f"{pipeline}: vars must hold one 'paths' mapping (where each stage writes)")
     paths = found[0]
-    for key, path in flat_outputs(paths).items():
+    for key, path in paths.items():
         if not isinstance(path, str) or not _plain_output(path):
             raise PipelineError(f"{pipeline}: vars paths.{key}: {path!r} is not a plain relative path inside "
                                 f"{', '.join(OUTPUT_ROOTS)}")

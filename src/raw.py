@@ -34,8 +34,10 @@ def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def open_parquet(path: str | os.PathLike, columns: Sequence[str]) -> pq.ParquetFile:
-    """Open a parquet file and check that it has rows and every column in ``columns`` as text."""
+def open_parquet(path: str | os.PathLike, columns: Sequence[str],
+                 text_columns: Sequence[str] | None = None) -> pq.ParquetFile:
+    """Open a parquet file and check that it has rows, every column in ``columns``, and the
+    ``text_columns`` (all of ``columns`` when not given) as text."""
     path = Path(path)
     if path.is_dir():
         raise PipelineError(f"{path}: a folder, not a parquet file")
@@ -54,7 +56,7 @@ def open_parquet(path: str | os.PathLike, columns: Sequence[str]) -> pq.ParquetF
     if missing:
         raise PipelineError(f"{path}: missing column(s) {', '.join(missing)} "
                             f"(found: {', '.join(schema.names)})")
-    for name in columns:
+    for name in columns if text_columns is None else text_columns:
         col_type = schema.field(name).type
         if not _texty(col_type):
             raise PipelineError(f"{path}: column '{name}' has type {col_type}, expected string")
@@ -92,8 +94,10 @@ def _check_text(path: Path, name: str, column: pa.ChunkedArray, row_ids: np.ndar
 
 
 def iter_rows(path: str | os.PathLike, pf: pq.ParquetFile, columns: Sequence[str],
-              indices: np.ndarray, batch_size: int = 8192) -> Iterator[dict]:
-    """Yield the selected rows (sorted ``indices``) of ``pf`` (opened from ``path``) as dicts.
+              indices: np.ndarray, batch_size: int = 8192,
+              text_columns: Sequence[str] | None = None) -> Iterator[dict]:
+    """Yield the selected rows (sorted ``indices``) of ``pf`` (opened from ``path``) as dicts;
+    the ``text_columns`` (default: all) are checked for invalid UTF-8 and NUL bytes.
 
     Row groups that hold no selected row are skipped; the others are read in batches of
     ``batch_size`` rows, so memory stays bounded however large the file or its row groups.
@@ -112,7 +116,7 @@ def iter_rows(path: str | os.PathLike, pf: pq.ParquetFile, columns: Sequence[str
                 lo += len(wanted)
                 if len(wanted):
                     table = pa.Table.from_batches([batch]).take(wanted - offset)
-                    for name in columns:
+                    for name in columns if text_columns is None else text_columns:
                         column = table.column(name)
                         if pa.types.is_dictionary(column.type):
                             column = column.cast(column.type.value_type)

@@ -6,6 +6,9 @@ A record is TRL's conversational prompt/completion form plus its source:
      "completion": [{"role": "assistant", "content": ...}],
      "source": "orca"}
 
+A multi-turn conversation keeps its earlier turns in the prompt (user, assistant, user, ...);
+its last reply is the completion, and training supervises every assistant turn (src/chat.py).
+
 Records may carry a ``group`` (identity data: the question template); ``data_split``
 keeps a whole group on one side of the split, and ``merge_data`` drops the field.
 """
@@ -23,7 +26,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Literal, TextIO
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from src.errors import PipelineError
 
@@ -42,6 +45,20 @@ class Record(BaseModel):
     completion: Annotated[list[Turn], Field(min_length=1)]
     source: Annotated[str, Field(min_length=1)]
     group: str | None = None
+
+    @model_validator(mode="after")
+    def _one_conversation(self) -> Record:
+        """A system turn only first; then user and assistant turns in turn, the prompt ending on a
+        user turn (earlier replies of a multi-turn conversation stay in it); one reply completes it."""
+        roles = [t.role for t in self.prompt]
+        body = roles[1:] if roles[0] == "system" else roles
+        if not body or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(body)) \
+                or body[-1] != "user":
+            raise ValueError("prompt turns must be an optional system turn, then user and assistant "
+                             "turns in turn, ending with a user turn")
+        if [t.role for t in self.completion] != ["assistant"]:
+            raise ValueError("completion must be one assistant turn")
+        return self
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(exclude_none=True), ensure_ascii=False)

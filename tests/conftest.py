@@ -53,9 +53,10 @@ def params_in(tmp: Path, **overrides: dict) -> Params:
     """
     raw = repo_params()
     p = raw["paths"]
-    p["raw"] = {k: str(ROOT / v) for k, v in p["raw"].items()}
-    p["processed"] = {k: str(tmp / v) for k, v in p["processed"].items()}
-    for key in p.keys() - {"raw", "processed"}:  # every output path
+    outputs = {v: str(tmp / v) for v in p.values()}
+    for spec in raw["datasets"].values():  # the raw files stay where they are; a stage's output moves
+        spec["path"] = outputs.get(spec["path"], str(ROOT / spec["path"]))
+    for key in p:  # every output path
         p[key] = str(tmp / p[key])
     for section, values in overrides.items():
         raw[section] = {**raw[section], **values}

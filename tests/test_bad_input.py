@@ -16,7 +16,7 @@ import pytest
 
 from src import cli
 from src.records import Record
-from src.stages import merge_model, process_orca_data, train
+from src.stages import merge_model, process_data, train
 from tests.test_model_stages import prepared, tiny_params
 
 
@@ -120,9 +120,8 @@ def test_every_record_over_length_is_an_error(built, tmp_path, monkeypatch, caps
 def test_unwritable_output_folder(built, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    cfg = variant(built, tmp_path, paths={"processed": {**built[2].paths.processed.model_dump(),
-                                                        "orca": str(blocker / "orca.jsonl")}})
-    error = one_line_error(process_orca_data.main, cfg, monkeypatch, capsys)
+    cfg = variant(built, tmp_path, paths={"processed_dir": str(blocker)})
+    error = one_line_error(lambda c: process_data.main(c, "orca"), cfg, monkeypatch, capsys)
     assert error == f"error: {blocker / 'orca.jsonl'}: cannot write (File exists: {blocker})"
     cfg = variant(built, tmp_path, paths={"checkpoints": str(blocker / "checkpoints")})
     error = one_line_error(train.main, cfg, monkeypatch, capsys)
@@ -134,9 +133,8 @@ def test_disk_full_while_writing_records(built, tmp_path, monkeypatch, capsys):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Record, "to_json", full)
-    cfg = variant(built, tmp_path, paths={"processed": {**built[2].paths.processed.model_dump(),
-                                                        "orca": str(tmp_path / "orca.jsonl")}})
-    error = one_line_error(process_orca_data.main, cfg, monkeypatch, capsys)
+    cfg = variant(built, tmp_path, paths={"processed_dir": str(tmp_path)})
+    error = one_line_error(lambda c: process_data.main(c, "orca"), cfg, monkeypatch, capsys)
     assert error == f"error: {tmp_path / 'orca.jsonl'}: cannot write (No space left on device)"
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 

@@ -253,10 +253,9 @@ LOOPBACK_PROFILE = f"""
 imports:
   data/raw/1M-GPT4-Augmented.parquet: {{dataset: Open-Orca/OpenOrca, revision: main, file: 1M-GPT4-Augmented.parquet}}
   data/raw/open-platypus.parquet: {{dataset: garage-bAInd/Open-Platypus, revision: {PLATYPUS_COMMIT}, file: {PLATYPUS_FILE}}}
-paths:
-  raw: {{orca: data/raw/1M-GPT4-Augmented.parquet, platypus: data/raw/open-platypus.parquet}}
-process_orca_data: {{subset_rows: null}}
-process_platypus_data: {{subset_rows: null}}
+datasets:
+  orca: {{path: data/raw/1M-GPT4-Augmented.parquet, subset_rows: null}}
+  platypus: {{path: data/raw/open-platypus.parquet, subset_rows: null}}
 """
 
 
@@ -328,10 +327,10 @@ def test_cloud_run_pushes_to_s3_and_comes_home_byte_identical(s3_run):
 def test_cloud_run_trains_on_the_files_its_profile_imports_from_the_hub(s3_run):
     home = s3_run["home"]
     params = yaml.safe_load((home / "params.yaml").read_text())
-    assert params["paths"]["raw"] == {"orca": "data/raw/1M-GPT4-Augmented.parquet",
-                                      "platypus": "data/raw/open-platypus.parquet"}
+    assert {s: params["datasets"][s]["path"] for s in HUB_ROWS} == {"orca": "data/raw/1M-GPT4-Augmented.parquet",
+                                                                    "platypus": "data/raw/open-platypus.parquet"}
     for source, rows in HUB_ROWS.items():  # every row of the served file, not the samples
-        metrics = json.loads((home / f"data/metrics/process_{source}_data.json").read_text())
+        metrics = json.loads((home / f"data/metrics/process_data_{source}.json").read_text())
         assert metrics["rows_in"] == rows, source
     # the experiment records where the files came from, at the commit (the branch was looked up once)
     orca = yaml.safe_load((home / "data/raw/1M-GPT4-Augmented.parquet.dvc").read_text())

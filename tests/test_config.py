@@ -35,7 +35,7 @@ def test_every_dvc_yaml_param_exists_in_params_yaml():
         keys = [k for st in stages for dep in st.deps if isinstance(dep, ParamsDependency)
                 for k in dep.params]
     names = {st.addressing for st in stages}
-    assert {"generate_identity_data", "process_orca_data", "process_platypus_data",
+    assert {"generate_identity_data", "process_data@identity", "process_data@orca", "process_data@platypus",
             "data_split@identity", "data_split@orca", "data_split@platypus", "generate_replay_data",
             "merge_data", "evaluate", "quality_gate"} <= names
     assert keys
@@ -55,16 +55,28 @@ def _broken(edit) -> dict:
     (lambda r: r["data_split"].update(val_fraction=0.0), "data_split.val_fraction"),
     (lambda r: r["data_split"].update(val_fraction=1), "data_split.val_fraction"),
     (lambda r: r["data_split"].update(seed="7"), "data_split.seed"),
-    (lambda r: r["process_orca_data"].update(subset_rows=-5), "process_orca_data.subset_rows"),
-    (lambda r: r["process_orca_data"].update(subset_rows=10, subset_fraction=0.5), "process_orca_data"),
-    (lambda r: r["process_platypus_data"].update(subset_fraction=1.5), "process_platypus_data.subset_fraction"),
-    (lambda r: r["process_platypus_data"].update(max_chars=True), "process_platypus_data.max_chars"),
+    (lambda r: r["datasets"]["orca"].update(subset_rows=-5), "datasets.orca.subset_rows"),
+    (lambda r: r["datasets"]["orca"].update(subset_rows=10, subset_fraction=0.5), "datasets.orca"),
+    (lambda r: r["datasets"]["platypus"].update(subset_fraction=1.5), "datasets.platypus.subset_fraction"),
+    (lambda r: r["datasets"]["platypus"].update(max_chars=True), "datasets.platypus.max_chars"),
+    (lambda r: r["datasets"]["orca"].update(format="xml"), "datasets.orca.format"),
+    (lambda r: r["datasets"]["orca"].pop("path"), "datasets.orca.path"),
+    (lambda r: r["datasets"]["orca"].update(columns={"answer": "a"}), "datasets.orca"),
+    (lambda r: r["datasets"].update({"Bad Name": r["datasets"]["orca"]}), "datasets.Bad Name"),
+    (lambda r: r["datasets"].update(replay=r["datasets"]["orca"]), "datasets.replay"),
+    (lambda r: r["datasets"].clear(), "datasets"),
+    (lambda r: r["merge_data"]["near_duplicates"].update(threshold=1.5), "merge_data.near_duplicates.threshold"),
+    (lambda r: r["merge_data"]["near_duplicates"].update(skip_sources=["wiki"]),
+     "merge_data.near_duplicates.skip_sources"),
+    (lambda r: r["merge_data"]["contamination"].update(action="fix"), "merge_data.contamination.action"),
     (lambda r: r["quality_gate"].update(min_retention=1.5), "quality_gate.min_retention"),
     (lambda r: r["quality_gate"].pop("min_eos_rate"), "quality_gate.min_eos_rate"),
-    (lambda r: r["generate_replay_data"].update(sources=["wiki"]), "generate_replay_data.sources.0"),
+    (lambda r: r["generate_replay_data"].update(sources=["wiki"]), "generate_replay_data.sources"),
+    (lambda r: r["generate_replay_data"].update(sources=["identity"]), "generate_replay_data.sources"),
     (lambda r: r["merge_data"]["mix"].update(orca={"rows": -1}), "merge_data.mix.orca.rows"),
+    (lambda r: r["merge_data"]["mix"].update(wiki={"rows": 1}), "merge_data.mix"),
     (lambda r: r["generate_identity_data"].update(name="ChatGPT"), "generate_identity_data"),
-    (lambda r: r["paths"]["raw"].pop("orca"), "paths.raw.orca"),
+    (lambda r: r["paths"].pop("identity"), "paths.identity"),
     (lambda r: r["paths"].update(val=r["paths"]["train"]), "paths"),
 ])
 def test_bad_params_fail_naming_the_key(edit, key):
@@ -78,21 +90,21 @@ def test_bad_params_fail_naming_the_key(edit, key):
 
 def test_stage_cli_refuses_bad_params_before_work(clone):
     raw = params_file(clone)
-    raw["process_orca_data"]["subset_rows"] = -1
+    raw["datasets"]["orca"]["subset_rows"] = -1
     (clone / "params.yaml").write_text(yaml.safe_dump(raw))
-    proc = run_cli(["python", "-m", "src.stages.process_orca_data"], clone)
+    proc = run_cli(["python", "-m", "src.stages.process_data", "--source", "orca"], clone)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: params.yaml: process_orca_data.subset_rows:")
+    assert lines[-1].startswith("error: params.yaml: datasets.orca.subset_rows:")
     assert "Traceback" not in proc.stderr
-    assert not (clone / repo_params()["paths"]["processed"]["orca"]).exists()
+    assert not (clone / repo_params()["paths"]["processed_dir"] / "orca.jsonl").exists()
 
 
 def test_dash_s_override_reaches_the_stage(clone):
     """`dvc exp run -S` writes params.yaml; stages read it through dvc.api, so the value applies."""
-    proc = run_cli(["dvc", "exp", "run", "-S", "process_orca_data.subset_rows=7", "process_orca_data"], clone)
+    proc = run_cli(["dvc", "exp", "run", "-S", "datasets.orca.subset_rows=7", "process_data@orca"], clone)
     assert proc.returncode == 0, proc.stderr
-    lines = (clone / repo_params()["paths"]["processed"]["orca"]).read_text().splitlines()
-    metrics = yaml.safe_load((clone / "data/metrics/process_orca_data.json").read_text())
+    lines = (clone / repo_params()["paths"]["processed_dir"] / "orca.jsonl").read_text().splitlines()
+    metrics = yaml.safe_load((clone / "data/metrics/process_data_orca.json").read_text())
     assert metrics["rows_in"] == 7
     assert len(lines) == metrics["rows_out"] <= 7

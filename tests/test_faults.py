@@ -32,9 +32,10 @@ SECRETS = {name: f"{prefix}{secrets.token_hex(12)}" for name, prefix in (
     ("AWS_SECRET_ACCESS_KEY", ""), ("AWS_SESSION_TOKEN", ""), ("GITHUB_TOKEN", "ghp_"), ("GIT_PASSWORD", ""))}
 # stage (as dvc names it) -> its outputs, as params.yaml's defaults place them
 OUTS = {
-    "generate_identity_data": ["data/processed/identity.jsonl"],
-    "process_orca_data": ["data/processed/orca.jsonl"],
-    "process_platypus_data": ["data/processed/platypus.jsonl"],
+    "generate_identity_data": ["data/generated/identity.jsonl"],
+    "process_data@identity": ["data/processed/identity.jsonl"],
+    "process_data@orca": ["data/processed/orca.jsonl"],
+    "process_data@platypus": ["data/processed/platypus.jsonl"],
     "data_split@identity": ["data/split/identity/train.jsonl", "data/split/identity/val.jsonl"],
     "data_split@orca": ["data/split/orca/train.jsonl", "data/split/orca/val.jsonl"],
     "data_split@platypus": ["data/split/platypus/train.jsonl", "data/split/platypus/val.jsonl"],
@@ -114,7 +115,7 @@ def faulted(tmp_path_factory, model):
         seen["present"][stage] = [out for out in OUTS[stage] if (repo / out).exists()]
         return stage
 
-    for module in ("generate_identity_data", "process_orca_data", "process_platypus_data", "data_split",
+    for module in ("generate_identity_data", "process_data", "data_split",
                    "fetch_base_model", "generate_replay_data", "merge_data"):
         kill(module)
     # training: a kill at a random step, one while a checkpoint is written, one more at a random step
@@ -137,9 +138,9 @@ def faulted(tmp_path_factory, model):
 
 def test_a_killed_stage_leaves_no_output_dvc_would_take_as_complete(faulted):
     _, _, seen, _ = faulted
-    assert set(seen["stale"]) >= {"generate_identity_data", "process_orca_data", "process_platypus_data",
-                                  "fetch_base_model", "generate_replay_data", "merge_data", "train",
+    assert set(seen["stale"]) >= {"generate_identity_data", "fetch_base_model", "generate_replay_data", "merge_data", "train",
                                   "merge_model", "sanity_check", "evaluate"}
+    assert any(stage.startswith("process_data@") for stage in seen["stale"])
     assert any(stage.startswith("data_split@") for stage in seen["stale"])
     assert all(seen["stale"].values()), seen["stale"]  # dvc status reports every killed stage
     assert not any(seen["present"].values()), seen["present"]  # and none left its output in place

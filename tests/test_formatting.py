@@ -1,6 +1,7 @@
 """What the model is trained on, checked on real tokenizers: the supervised labels of a
-collated batch are exactly the assistant's answer and its end-of-turn token, the prompt
-is the very token sequence generation uses, and no sequence carries a second BOS."""
+collated batch are exactly the assistant's answer and its end-of-turn token (every assistant
+turn of a multi-turn conversation, and nothing else), the prompt is the very token sequence
+generation uses, and no sequence carries a second BOS."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from src.chat import conversation, prompt_ids, training_example
 from src.modeling import load_tokenizer
-from src.records import make_record
+from src.records import Record, Turn, make_record
+from src.stages.train import tokenize
 from tests.modelkit import chatml_tokenizer, llama2_tokenizer, smollm2_tokenizer, tiny_model_folder
 
 RECORDS = [
@@ -17,6 +19,15 @@ RECORDS = [
                 system="You are a careful tutor."),
 ]
 SYSTEM = "You are a helpful AI assistant."
+# Three user turns, three replies: the loss must fall on the three replies and nothing else.
+REPLIES = ["Paris is the capital of France.", "About 2.1 million people live there.", "The Seine flows through it."]
+MULTI_TURN = Record(prompt=[Turn(role="system", content="You answer briefly."),
+                            Turn(role="user", content="What is the capital of France?"),
+                            Turn(role="assistant", content=REPLIES[0]),
+                            Turn(role="user", content="How many people live there?"),
+                            Turn(role="assistant", content=REPLIES[1]),
+                            Turn(role="user", content="Which river runs through it?")],
+                    completion=[Turn(role="assistant", content=REPLIES[2])], source="support")
 
 
 @pytest.fixture(scope="module", params=["smollm2", "llama2", "chatml_bpe"])
@@ -29,19 +40,20 @@ def model_dir(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch(model_dir, tmp_path_factory):
-    """The first collated training batch TRL builds from RECORDS, and the tokenizer."""
+    """The first collated training batch TRL builds from RECORDS and MULTI_TURN, tokenized as the
+    train stage does, and the tokenizer."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(model_dir)
     args = SFTConfig(output_dir=str(tmp_path_factory.mktemp("out")), report_to="none", use_cpu=True,
-                     bf16=False, per_device_train_batch_size=len(RECORDS), max_length=256)
+                     bf16=False, per_device_train_batch_size=len(RECORDS) + 1, max_length=256)
+    examples = tokenize(tokenizer, [training_example(r, SYSTEM) for r in [*RECORDS, MULTI_TURN]])
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
-                         processing_class=tokenizer,
-                         train_dataset=Dataset.from_list([training_example(r, SYSTEM) for r in RECORDS]))
-    rows = {tuple(trainer.train_dataset[i]["input_ids"]) for i in range(len(RECORDS))}
-    assert len(rows) == len(RECORDS)
+                         processing_class=tokenizer, train_dataset=Dataset.from_list(examples))
+    rows = {tuple(trainer.train_dataset[i]["input_ids"]) for i in range(len(RECORDS) + 1)}
+    assert len(rows) == len(RECORDS) + 1
     return tokenizer, next(iter(trainer.get_train_dataloader()))
 
 
@@ -80,6 +92,37 @@ def test_labels_are_the_completion_and_eos_only(batch):
         assert answer.strip() == record.completion[0].content
         assert tokenizer.decode(supervised[cut + 1:]).strip() == ""  # only the template's newline may follow
         assert all(lab == -100 for lab, m in zip(labels, mask) if not m), "padding is never a label"
+
+
+def test_every_assistant_turn_of_a_conversation_is_supervised_and_nothing_else(batch):
+    tokenizer, b = batch
+    messages = conversation(MULTI_TURN.prompt, SYSTEM) + [t.model_dump() for t in MULTI_TURN.completion]
+    full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    rows = [i for i, ids in enumerate(b["input_ids"].tolist()) if ids[:len(full)] == full
+            or [t for t, m in zip(ids, b["attention_mask"][i].tolist()) if m] == full]
+    assert len(rows) == 1, "no batch row is the chat template's rendering of the conversation"
+    labels = b["labels"][rows[0]].tolist()
+    # the supervised tokens, as runs of consecutive positions
+    runs, current = [], []
+    for token in labels:
+        if token == -100:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            current.append(token)
+    runs += [current] if current else []
+    assert len(runs) == len(REPLIES), [tokenizer.decode(r) for r in runs]
+    eos = tokenizer.eos_token_id
+    for run, reply in zip(runs, REPLIES):
+        assert eos in run, "each reply ends with a trained end-of-turn token"
+        cut = run.index(eos)
+        assert tokenizer.decode(run[:cut], skip_special_tokens=False).strip() == reply
+        assert tokenizer.decode(run[cut + 1:]).strip() == ""  # only the template's newline may follow
+    supervised = tokenizer.decode([t for t in labels if t != -100])
+    for turn in MULTI_TURN.prompt:
+        if turn.role != "assistant":
+            assert turn.content not in supervised
 
 
 def test_exactly_one_bos_where_the_template_uses_one(batch):

@@ -17,7 +17,7 @@ from src.errors import PipelineError
 from tests.conftest import ROOT, params_file, repo_params, run_cli
 
 # (the output's key, the stage that writes it): the deletions the issue reproduced and more
-TARGETS = [("merged_model", "merge_model"), ("processed.identity", "generate_identity_data"),
+TARGETS = [("merged_model", "merge_model"), ("identity", "generate_identity_data"),
            ("adapter", "train"), ("base_model", "fetch_base_model")]
 DANGEROUS = ["models/..", ".", "..", "{outside}", "src", "data/raw", ".git", "models/base/adapter",
              "./models/base", "models//merged", "data/processed/../../src"]
@@ -94,7 +94,7 @@ def test_the_shipped_outputs_are_plain_distinct_and_apart():
     paths = output_paths(ROOT)
     cfg = validate_params(repo_params())
     outs = cfg.paths.outputs()
-    assert set(outs) >= {"merged_model", "adapter", "base_model", "processed.orca", "checkpoints"}
+    assert set(outs) >= {"merged_model", "adapter", "base_model", "identity", "processed_dir", "checkpoints"}
     assert {k: outs[k] for k in ("merged_model", "adapter")} == {k: paths[k] for k in ("merged_model", "adapter")}
     roots = {path.split("/")[0] for path in outs.values()}
     assert roots <= {"data", "models", "dvclive", "sanity_check_result"}
@@ -102,12 +102,12 @@ def test_the_shipped_outputs_are_plain_distinct_and_apart():
 
 def test_an_input_path_that_is_a_folder_fails_with_one_line(clone, outside):
     for value in (".git", ".", str(outside)):
-        proc = run_cli(["dvc", "exp", "run", "-S", f"paths.raw.orca={value}", "process_orca_data"], clone)
+        proc = run_cli(["dvc", "exp", "run", "-S", f"datasets.orca.path={value}", "process_data@orca"], clone)
         assert proc.returncode != 0
         # DVC's own refusal, or the stage's one line (then DVC's line that the stage failed)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         refused = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
-        assert errors == [f"error: {value}: a folder, not a parquet file"] or (
+        assert errors == [f"error: {value}: a folder, not a data file"] or (
             not errors and "both a dependency and an output" in refused[0]), proc.stderr[-2000:]
         run_cli(["git", "checkout", "--", "params.yaml"], clone, check=True)
         _intact(clone, outside)

@@ -51,11 +51,11 @@ def test_repro_builds_leak_free_train_and_val(built_clone):
             assert counts[source] == sum(r.source == source for r in records) > 0
         assert 0 < report[split]["completion_chars"]["p50"] <= report[split]["completion_chars"]["max"]
     # the shipped samples carry empty, over-long and duplicate rows on purpose
-    assert report["dropped"]["process_orca_data"]["empty"] > 0
-    assert report["dropped"]["process_orca_data"]["too_long"] > 0
+    assert report["dropped"]["process_data_orca"]["empty_reply"] > 0
+    assert report["dropped"]["process_data_orca"]["too_long"] > 0
     assert report["dropped"]["data_split_orca"]["duplicate"] > 0
     metrics_dir = built_clone / PATHS["metrics_dir"]
-    orca = json.loads((metrics_dir / "process_orca_data.json").read_text())
+    orca = json.loads((metrics_dir / "process_data_orca.json").read_text())
     orca_split = json.loads((metrics_dir / "data_split_orca.json").read_text())
     assert orca_split["rows_in"] == orca["rows_out"]
     assert orca_split["train"] == report["train"]["rows"]["orca"]
@@ -88,18 +88,18 @@ def http_server(tmp_path):
 
 def test_import_url_brings_a_raw_file_the_stage_reads(clone, http_server):
     www, base = http_server
-    shutil.copy(ROOT / PATHS["raw"]["orca"], www / "1M-GPT4-Augmented.parquet")
+    shutil.copy(ROOT / repo_params()["datasets"]["orca"]["path"], www / "1M-GPT4-Augmented.parquet")
     target = "data/raw/1M-GPT4-Augmented.parquet"
     run_cli(["dvc", "import-url", f"{base}/1M-GPT4-Augmented.parquet", target], clone, check=True)
     dvcfile = yaml.safe_load((clone / f"{target}.dvc").read_text())
     assert dvcfile["deps"][0]["path"] == f"{base}/1M-GPT4-Augmented.parquet"
     assert (clone / target).read_bytes() == (www / "1M-GPT4-Augmented.parquet").read_bytes()
 
-    run_cli(["dvc", "exp", "run", "process_orca_data", "-S", f"paths.raw.orca={target}",
-             "-S", "process_orca_data.subset_rows=50"], clone, check=True)
-    metrics = json.loads((clone / PATHS["metrics_dir"] / "process_orca_data.json").read_text())
+    run_cli(["dvc", "exp", "run", "process_data@orca", "-S", f"datasets.orca.path={target}",
+             "-S", "datasets.orca.subset_rows=50"], clone, check=True)
+    metrics = json.loads((clone / PATHS["metrics_dir"] / "process_data_orca.json").read_text())
     assert metrics["rows_in"] == 50
-    assert len(list(read_jsonl(clone / PATHS["processed"]["orca"]))) == metrics["rows_out"] > 40
+    assert len(list(read_jsonl(clone / PATHS["processed_dir"] / "orca.jsonl"))) == metrics["rows_out"] > 40
 
 
 def test_default_remote_round_trips_outputs(built_clone):

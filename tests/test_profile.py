@@ -35,7 +35,8 @@ def test_each_profile_gives_options_that_dvc_reads_as_the_profile(profile, tmp_p
     cfg = validate_params(with_output_paths(expected, repo))
     assert cfg.train.quantized and cfg.train.sft["gradient_checkpointing"] is True  # the GPU path
     # every raw file the profile trains on is one it imports (not a shipped sample)
-    raw = {cfg.paths.raw.orca, cfg.paths.raw.platypus} - {"data/raw/orca_sample.parquet", "data/raw/platypus_sample.parquet"}
+    raw = {spec.path for spec in cfg.datasets.values()} - {"data/raw/orca_sample.parquet",
+                                                          "data/raw/platypus_sample.parquet", cfg.paths.identity}
     assert raw and raw <= set(imports)
     for target, spec in imports.items():
         if spec["dataset"] == "garage-bAInd/Open-Platypus":
@@ -48,7 +49,8 @@ def test_the_big_profiles_train_on_the_whole_upstream_files():
         cfg = validate_params(with_output_paths(merged(read_yaml(ROOT / "params.yaml"), overlay), ROOT))
         assert cfg.fetch_base_model.model == model and len(cfg.fetch_base_model.revision) == 40
         assert {spec["dataset"] for spec in imports.values()} == {"Open-Orca/OpenOrca", "garage-bAInd/Open-Platypus"}
-        assert cfg.process_orca_data.subset_rows is None and cfg.process_platypus_data.subset_rows is None
+        assert cfg.datasets["orca"].subset_rows is None and cfg.datasets["platypus"].subset_rows is None
+        assert {cfg.datasets["orca"].path, cfg.datasets["platypus"].path} == set(imports)
 
 
 # Values whose YAML and Hydra readings differ, and strings Hydra's grammar needs quoted.

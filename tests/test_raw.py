@@ -56,7 +56,7 @@ def test_iter_rows_reads_only_groups_with_selected_rows(tmp_path, monkeypatch):
 def test_dictionary_encoded_and_all_null_columns_are_read_as_text(tmp_path):
     """Writers often dictionary-encode repetitive text (Orca's system prompts) and type a column
     that is empty everywhere as null (Platypus's ``input`` in a slice): both are text to us."""
-    from src.stages import process_orca_data
+    from src.formats import conversation_of, to_record
 
     n = 12
     table = pa.table({"id": [f"t0.{i}" for i in range(n)],
@@ -71,7 +71,7 @@ def test_dictionary_encoded_and_all_null_columns_are_read_as_text(tmp_path):
     rows = list(iter_rows(path, pf, COLUMNS, np.arange(n), batch_size=4))
     assert [r["question"] for r in rows] == [f"What is {i % 3} + 1?" for i in range(n)]
     assert {r["system_prompt"] for r in rows} == {None}
-    record = process_orca_data.to_record(rows[4], max_chars=1000)
+    record, _ = to_record(conversation_of("orca", rows[4]), "orca", max_chars=1000)
     assert [t.role for t in record.prompt] == ["user"] and record.prompt[0].content == "What is 1 + 1?"
     # the checks still apply to dictionary-encoded text
     bad = table.set_column(2, "question", pa.array(["ok?"] * 6 + ["bad\x00?"] * 6).dictionary_encode())
@@ -142,9 +142,9 @@ def test_bad_file_cli_exits_nonzero_with_one_line(clone, kind):
     """The stage's own command: exit 1, one `error:` line naming the file, no traceback."""
     path = _write_bad(clone, kind)
     raw = params_file(clone)
-    raw["paths"]["raw"]["orca"] = path.name
+    raw["datasets"]["orca"]["path"] = path.name
     (clone / "params.yaml").write_text(yaml.safe_dump(raw))
-    proc = run_cli(["python", "-m", "src.stages.process_orca_data"], clone)
+    proc = run_cli(["python", "-m", "src.stages.process_data", "--source", "orca"], clone)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {path.name}: ")
@@ -155,8 +155,8 @@ def test_bad_file_cli_exits_nonzero_with_one_line(clone, kind):
 def test_debug_flag_adds_the_traceback(clone):
     path = _write_bad(clone, "corrupt")
     raw = params_file(clone)
-    raw["paths"]["raw"]["orca"] = path.name
+    raw["datasets"]["orca"]["path"] = path.name
     (clone / "params.yaml").write_text(yaml.safe_dump(raw))
-    debug = run_cli(["python", "-m", "src.stages.process_orca_data", "--debug"], clone)
+    debug = run_cli(["python", "-m", "src.stages.process_data", "--source", "orca", "--debug"], clone)
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr and "error: bad.parquet: not a readable parquet" in debug.stderr

@@ -58,8 +58,8 @@ def test_gpu_profile_is_valid_params(tmp_path):
     cfg = validate_params(merged(repo_params(), overlay))
     assert cfg.train.quantized and cfg.fetch_base_model.model == "llama-2-7b-chat"
     # the upstream files, not the samples
-    assert {cfg.paths.raw.orca, cfg.paths.raw.platypus} == set(imports)
-    assert cfg.process_orca_data.subset_rows is None and cfg.process_platypus_data.subset_rows is None
+    assert {cfg.datasets["orca"].path, cfg.datasets["platypus"].path} == set(imports)
+    assert cfg.datasets["orca"].subset_rows is None and cfg.datasets["platypus"].subset_rows is None
     _, quantization, lora, sft = build_configs(cfg, str(tmp_path))
     assert quantization["bnb_4bit_quant_type"] == "nf4" and quantization["bnb_4bit_use_double_quant"]
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (64, 16, 0.1)

@@ -10,13 +10,13 @@ from tests.conftest import ROOT, repo_params
 
 def test_committed_samples_are_reproduced_byte_for_byte(tmp_path):
     written = sample_data.write_samples(tmp_path, seed=0)
-    raw = repo_params()["paths"]["raw"]
+    raw = {source: spec["path"] for source, spec in repo_params()["datasets"].items()}
     for source, path in written.items():
         assert path.read_bytes() == (ROOT / raw[source]).read_bytes(), f"rerun python -m src.sample_data ({source})"
 
 
 def test_samples_have_upstream_schemas_and_the_rows_that_need_care():
-    raw = repo_params()["paths"]["raw"]
+    raw = {source: spec["path"] for source, spec in repo_params()["datasets"].items()}
     orca = pq.read_table(ROOT / raw["orca"])
     platypus = pq.read_table(ROOT / raw["platypus"])
     assert orca.schema.names == ["id", "system_prompt", "question", "response"]

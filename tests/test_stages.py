@@ -10,9 +10,9 @@ import yaml
 
 from src.config import MixSpec, validate_params
 from src.errors import PipelineError
-from src.process import drop_reason
+from src.formats import Drop, conversation_of, to_record
 from src.records import make_record, prompt_key, read_jsonl
-from src.stages import data_split, generate_identity_data, merge_data, process_orca_data, process_platypus_data
+from src.stages import data_split, generate_identity_data, merge_data
 from tests.conftest import repo_params, run_cli, use_whole_samples
 
 
@@ -55,33 +55,34 @@ def test_identity_is_deterministic_and_seeded():
     assert a[0] != generate_identity_data.generate(identity_params(seed=2))[0]
 
 
-# process_orca_data / process_platypus_data
+# process_data: orca and platypus (every format: test_formats.py)
 
-def test_drop_reason_order_and_limit():
-    assert drop_reason([None, "a"], [], 10) == "null"
-    assert drop_reason(["  ", "a"], [None], 10) == "empty"
-    assert drop_reason(["abcdef", "ghij"], ["k"], 10) == "too_long"
-    assert drop_reason(["abcdef", "ghij"], [None, ""], 10) is None
+def _convert(fmt, row, max_chars=1000):
+    try:
+        return to_record(conversation_of(fmt, row), fmt, max_chars)[0]
+    except Drop as drop:
+        return drop.reason
 
 
 def test_orca_row_to_record():
     row = {"system_prompt": "  Be brief. ", "question": " 2+2? ", "response": "4."}
-    rec = process_orca_data.to_record(row, 100)
+    rec = _convert("orca", row, 100)
     assert [(t.role, t.content) for t in rec.prompt] == [("system", "Be brief."), ("user", "2+2?")]
     assert [(t.role, t.content) for t in rec.completion] == [("assistant", "4.")]
     assert rec.source == "orca"
-    assert [t.role for t in process_orca_data.to_record({**row, "system_prompt": ""}, 100).prompt] == ["user"]
-    assert process_orca_data.to_record({**row, "response": " "}, 100) == "empty"
-    assert process_orca_data.to_record({**row, "question": None}, 100) == "null"
-    assert process_orca_data.to_record(row, 10) == "too_long"
+    assert [t.role for t in _convert("orca", {**row, "system_prompt": ""}, 100).prompt] == ["user"]
+    assert _convert("orca", {**row, "response": " "}, 100) == "empty_reply"
+    assert _convert("orca", {**row, "question": None}, 100) == "no_user_turn"
+    assert _convert("orca", {**row, "response": None}, 100) == "no_assistant_reply"
+    assert _convert("orca", row, 10) == "too_long"
 
 
 def test_platypus_input_joins_instruction():
     row = {"instruction": "Sort these numbers.", "input": " 3, 1, 2 ", "output": "1, 2, 3"}
-    rec = process_platypus_data.to_record(row, 1000)
+    rec = _convert("platypus", row)
     assert rec.prompt[0].content == "Sort these numbers.\n\n3, 1, 2"
-    assert process_platypus_data.to_record({**row, "input": ""}, 1000).prompt[0].content == "Sort these numbers."
-    assert process_platypus_data.to_record({**row, "output": ""}, 1000) == "empty"
+    assert _convert("platypus", {**row, "input": ""}).prompt[0].content == "Sort these numbers."
+    assert _convert("platypus", {**row, "output": ""}) == "empty_reply"
 
 
 # data_split
@@ -185,7 +186,7 @@ def test_mix_params_are_checked():
     for mix, message in (({"wiki": {"rows": 3}}, "unknown source wiki"),
                          ({"orca": {"rows": 3, "share": 0.2}}, "rows and share are both set"),
                          ({"orca": {"share": 0.6}, "replay": {"share": 0.5}}, "add up to 1.1")):
-        raw["merge_data"] = {"mix": mix, "seed": 0}
+        raw["merge_data"] = {**raw["merge_data"], "mix": mix}
         with pytest.raises(PipelineError, match=message):
             validate_params(raw)
 
@@ -198,36 +199,40 @@ def test_each_stage_cli_in_order(clone):
     params["generate_replay_data"]["enabled"] = False  # it needs the base model; tested with one elsewhere
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     paths = repo_params()["paths"]
-    commands = [["generate_identity_data"], ["process_orca_data"], ["process_platypus_data"]]
-    commands += [["data_split", "--source", s] for s in sorted(paths["processed"])]
+    sources = sorted(params["datasets"])
+    commands = [["generate_identity_data"], *(["process_data", "--source", s] for s in sources)]
+    commands += [["data_split", "--source", s] for s in sources]
     commands += [["generate_replay_data"], ["merge_data"]]
     for cmd in commands:
         run_cli(["python", "-m", f"src.stages.{cmd[0]}", *cmd[1:]], clone, check=True)
     metrics = {p.stem: json.loads(p.read_text()) for p in (clone / paths["metrics_dir"]).glob("*.json")}
+    metrics["merge_data"] = json.loads((clone / paths["merge_metrics"]).read_text())
     # every data stage accounts for every row: rows in = rows out + rows dropped, by reason
-    assert set(metrics) == {"generate_identity_data", "process_orca_data", "process_platypus_data",
-                            "data_split_identity", "data_split_orca", "data_split_platypus",
+    assert set(metrics) == {"generate_identity_data", "process_data_identity", "process_data_orca",
+                            "process_data_platypus", "data_split_identity", "data_split_orca", "data_split_platypus",
                             "generate_replay_data", "merge_data"}
     for stage, m in metrics.items():  # the mix may repeat rows: counted as added
         assert m["rows_in"] + sum(m.get("added", {}).values()) == m["rows_out"] + sum(m["dropped"].values()), stage
     assert metrics["generate_replay_data"] == {"enabled": False, "rows_in": 0, "rows_out": 0,
                                                "dropped": {"repeated_prompt": 0, "no_eos": 0, "empty": 0}}
     identity = metrics["generate_identity_data"]
-    assert identity["rows_out"] == sum(1 for _ in read_jsonl(clone / paths["processed"]["identity"]))
+    assert identity["rows_out"] == sum(1 for _ in read_jsonl(clone / paths["identity"]))
     assert identity["dropped"]["repeated_variant"] == 0  # one variant per wording: none can repeat
     merged = metrics["merge_data"]
-    assert merged["rows_in"] == sum(metrics[f"data_split_{s}"]["rows_out"] for s in paths["processed"])
+    assert merged["rows_in"] == sum(metrics[f"data_split_{s}"]["rows_out"] for s in sources)
     mix = json.loads((clone / paths["report"]).read_text())["mix"]
     assert mix["identity"]["wanted"] == params["merge_data"]["mix"]["identity"]["rows"]
     assert merged["dropped"]["left_out_by_mix"] == sum(m["left_out"] for m in mix.values())
     assert merged["rows_out"] == sum(1 for split in ("train", "val") for _ in read_jsonl(clone / paths[split]))
-    for stage in ("process_orca_data", "process_platypus_data"):
-        m = metrics[stage]
+    for source in sources:
+        m = metrics[f"process_data_{source}"]
         assert m["rows_in"] == m["rows_out"] + sum(m["dropped"].values())
-        assert m["rows_in"] == m["rows_in_file"]  # no subset by default
-    for source in paths["processed"]:
+        assert m["rows_in"] == m["rows_in_file"]  # no subset here
+    assert metrics["process_data_identity"]["rows_out"] == identity["rows_out"]  # the generated records as they are
+    assert metrics["process_data_orca"]["dropped"]["too_long"] > 0  # the samples' planted edge cases
+    for source in sources:
         m = metrics[f"data_split_{source}"]
-        n = sum(1 for _ in read_jsonl(clone / paths["processed"][source]))
+        n = sum(1 for _ in read_jsonl(clone / paths["processed_dir"] / f"{source}.jsonl"))
         assert m["rows_in"] == n == m["train"] + m["val"] + sum(m["dropped"].values())
         assert m["val"] > 0 and m["train"] > m["val"]
     report = json.loads((clone / paths["report"]).read_text())

@@ -16,7 +16,6 @@ Run: python -m src.stages.data_split --source orca   (or: dvc repro data_split@o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -26,14 +25,10 @@ from tqdm import tqdm
 from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
+from src.dedup import digest, drop_val_overlap
 from src.records import Record, prompt_key, read_jsonl, stable_hash, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
-
-
-def digest(text: str) -> bytes:
-    """A 16-byte stand-in for a long text in sets (memory stays small on large sources)."""
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def held_out_groups(groups: Iterable[str], val_fraction: float, seed: int) -> set[str]:
@@ -60,13 +55,6 @@ def drop_duplicates(records: list[Record]) -> tuple[list[Record], int]:
     return kept, len(records) - len(kept)
 
 
-def drop_val_overlap(train: list[Record], val: list[Record]) -> tuple[list[Record], int]:
-    """Validation records whose prompt also occurs in training are dropped; return (kept, dropped)."""
-    train_keys = {digest(prompt_key(r)) for r in train}
-    kept = [r for r in val if digest(prompt_key(r)) not in train_keys]
-    return kept, len(val) - len(kept)
-
-
 def split_records(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """Assign each record to (train, val): grouped records by ``held_out_groups``, the others by a
     seeded hash of their normalised prompt. Order is kept."""
@@ -79,12 +67,11 @@ def split_records(records: list[Record], val_fraction: float, seed: int) -> tupl
 
 
 def main(cfg: Params, source: str) -> dict:
-    processed = cfg.paths.processed.model_dump()
-    if source not in processed:
-        raise PipelineError(f"--source: unknown source '{source}' (params paths.processed has: "
-                            f"{', '.join(processed)})")
+    if source not in cfg.datasets:
+        raise PipelineError(f"--source: unknown source '{source}' (params datasets has: {', '.join(cfg.datasets)})")
     p = cfg.data_split
-    records = list(tqdm(read_jsonl(processed[source]), desc=processed[source], unit="record", mininterval=1))
+    path = cfg.paths.processed_file(source)
+    records = list(tqdm(read_jsonl(path), desc=str(path), unit="record", mininterval=1))
     unique, duplicates = drop_duplicates(records)
     train, val = split_records(unique, p.val_fraction, p.seed)
     val, overlap = drop_val_overlap(train, val)
@@ -99,7 +86,7 @@ def main(cfg: Params, source: str) -> dict:
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", required=True, help="a key of paths.processed in params.yaml")
+    parser.add_argument("--source", required=True, help="a key of datasets in params.yaml")
 
 
 if __name__ == "__main__":

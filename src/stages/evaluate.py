@@ -3,7 +3,7 @@
 Every question is asked greedily with no system message, through each model folder's own
 chat template, as any client (transformers, llama.cpp, Ollama, vLLM) asks it:
 
-* ``val_loss``: completion-token loss on the whole validation set (scored by TRL as in training);
+* ``val_loss``: assistant-turn loss on the whole validation set (scored by TRL as in training);
 * ``identity_accuracy`` (strict) on the held-out identity questions: the validation set's
   identity records (whole templates that training never saw) and the wordings of
   ``evaluate.identity_questions`` (used by no template). A question that names another
@@ -47,7 +47,7 @@ from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from src.chat import conversation, training_example
+from src.chat import conversation, supervised_ids, training_example
 from src.cli import run
 from src.config import IdentityParams, Params
 from src.errors import PipelineError
@@ -173,7 +173,7 @@ def leaks(question: str, answer: str, name: str, creator: str) -> bool:
 
 
 def validation_loss(model, tokenizer, examples: list[dict], cfg: Params) -> float:
-    """Mean completion-token loss, computed by TRL as during training."""
+    """Mean loss on the assistant turns, computed by TRL as during training."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -181,7 +181,7 @@ def validation_loss(model, tokenizer, examples: list[dict], cfg: Params) -> floa
         args = SFTConfig(output_dir=tmp, report_to="none", use_cpu=device_kind() == "cpu",
                          bf16=False, fp16=False, max_length=cfg.train.sft.get("max_length", 1024),
                          per_device_eval_batch_size=cfg.train.sft.get("per_device_eval_batch_size", 8))
-        data = Dataset.from_list(examples)  # TRL insists on a train set; nothing is trained
+        data = Dataset.from_list([supervised_ids(tokenizer, e) for e in examples])  # TRL insists on a train set; nothing is trained
         trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                              train_dataset=data, eval_dataset=data)
         return float(trainer.evaluate()["eval_loss"])

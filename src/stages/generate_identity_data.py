@@ -158,13 +158,13 @@ def main(cfg: Params) -> dict:
     p = cfg.generate_identity_data
     log.info("identity: name=%r creator=%r, %d other assistants", p.name, p.creator, len(p.others))
     records, repeats = generate(p)
-    n = write_jsonl(cfg.paths.processed.identity, records)
+    n = write_jsonl(cfg.paths.identity, records)
     groups = len({r.group for r in records})
     # rows in: candidate questions made; a candidate that repeats a variant of its wording is dropped
     metrics = {"rows_in": n + repeats, "rows_out": n, "dropped": {"repeated_variant": repeats},
                "templates": groups}
     write_json(cfg.paths.metrics_file("generate_identity_data"), metrics)
-    log.info("%s: wrote %d records from %d templates", cfg.paths.processed.identity, n, groups)
+    log.info("%s: wrote %d records from %d templates", cfg.paths.identity, n, groups)
     return metrics
 
 

@@ -6,10 +6,17 @@ Concatenates the per-source splits in sorted source order into ``paths.train`` a
 ``merge_data.mix``: a source gives ``rows`` records (a seeded sample when it has more, all of
 them repeated when it has fewer) or a ``share`` of the training set; a source not named gives
 all it has. Validation is never mixed. Any validation record whose prompt occurs in the
-training set of another source is dropped. Writes ``paths.report``: rows per source and split,
-how the mix kept, repeated and left out each source's rows, character-length percentiles,
-rows dropped by reason at every data stage, and the train/validation prompt overlap, which
-is 0 by construction.
+training set of another source is dropped.
+
+Before the mix, near-duplicate training records are removed across all sources (MinHash LSH,
+``merge_data.near_duplicates``; the first in sorted source order is kept), and so is every
+validation record near one in training. Training prompts are checked for word n-gram overlap
+with what the pipeline evaluates on (validation prompts, ``evaluate``'s identity questions and
+retention probes, ``sanity_check.prompts``): reported, and removed when
+``merge_data.contamination.action`` is ``drop``. Writes ``paths.report``: rows per source and
+split, how the mix kept, repeated and left out each source's rows, character-length
+percentiles, rows dropped by reason at every data stage, near duplicates and contamination per
+source, and the train/validation prompt overlap, which is 0 by construction.
 
 Run: python -m src.stages.merge_data                 (or: dvc repro merge_data)
 """
@@ -24,15 +31,14 @@ import numpy as np
 from tqdm import tqdm
 
 from src.cli import run
-from src.config import REPLAY_SOURCE, MixSpec, Params
+from src.config import REPLAY_SOURCE, MixSpec, NearDuplicateParams, Params
+from src.dedup import NearDuplicates, NgramIndex, drop_val_overlap, prompt_text
 from src.errors import PipelineError
-from src.records import Record, prompt_key, read_json, read_jsonl, write_json, write_jsonl
-from src.stages.data_split import drop_val_overlap
+from src.records import Record, prompt_key, read_json, read_jsonl, read_yaml, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-SOURCE_STAGES = ("generate_identity_data", "process_orca_data", "process_platypus_data", "generate_replay_data")
 PERCENTILES = (50, 90, 99, 100)
 
 
@@ -100,14 +106,82 @@ def read_source(path) -> list[Record]:
     return [r.model_copy(update={"group": None}) for r in records]
 
 
+def drop_near_duplicates(train: dict[str, list[Record]], val: list[Record], p: NearDuplicateParams
+                         ) -> tuple[dict[str, list[Record]], list[Record], dict[str, int], dict[str, int]]:
+    """Training records near an earlier one (sources in sorted order) and validation records near
+    a training one are dropped; ``p.skip_sources`` are neither checked nor matched. Returns the
+    kept train and val, and the counts dropped per source from each."""
+    dropped_train = dict.fromkeys(sorted(train), 0)
+    dropped_val = dict.fromkeys(sorted({r.source for r in val}), 0)
+    if p.threshold is None:
+        return train, val, dropped_train, dropped_val
+    index = NearDuplicates(p.threshold, p.shingle_words, p.num_perm)
+    kept = {}
+    for source in sorted(train):
+        if source in p.skip_sources:
+            kept[source] = train[source]
+            continue
+        kept[source] = []
+        for r in tqdm(train[source], desc=f"near duplicates: {source}", unit="record", mininterval=1):
+            if index.add_unless_seen(r):
+                dropped_train[source] += 1
+            else:
+                kept[source].append(r)
+    kept_val = []
+    for r in val:
+        if r.source not in p.skip_sources and index.query(r):
+            dropped_val[r.source] += 1
+        else:
+            kept_val.append(r)
+    return kept, kept_val, dropped_train, dropped_val
+
+
+def evaluated_texts(cfg: Params, val: list[Record]) -> dict[str, list[str]]:
+    """What the pipeline evaluates on, by name: the texts training prompts must not contain."""
+    def questions(path) -> list[str]:
+        entries = read_yaml(path)
+        return [e["question"] for e in entries if isinstance(e, dict) and isinstance(e.get("question"), str)] \
+            if isinstance(entries, list) else []
+
+    return {"validation": [prompt_text(r) for r in val],
+            "identity_questions": questions(cfg.evaluate.identity_questions),
+            "retention_probes": questions(cfg.evaluate.retention_probes),
+            "sanity_prompts": list(cfg.sanity_check.prompts)}
+
+
+def check_contamination(train: dict[str, list[Record]], evaluated: dict[str, list[str]], n: int, drop: bool
+                        ) -> tuple[dict[str, list[Record]], dict]:
+    """Training records whose prompt shares a word n-gram with an evaluated text, counted by
+    evaluated set and source (removed when ``drop``); returns the kept records and the counts."""
+    index = NgramIndex(evaluated, n)
+    hits = {name: dict.fromkeys(sorted(train), 0) for name in evaluated}
+    kept, removed = {}, dict.fromkeys(sorted(train), 0)
+    for source in sorted(train):
+        kept[source] = []
+        for r in tqdm(train[source], desc=f"contamination: {source}", unit="record", mininterval=1):
+            found = index.hits(prompt_text(r))
+            for name in found:
+                hits[name][source] += 1
+            if found and drop:
+                removed[source] += 1
+            else:
+                kept[source].append(r)
+    return kept, {"ngram": n, "action": "drop" if drop else "report", "train_records_hit": hits,
+                  "removed": removed}
+
+
 def main(cfg: Params) -> dict:
-    sources = sorted(cfg.paths.processed.model_dump())
+    p = cfg.merge_data
+    sources = sorted(cfg.datasets)
     train = {s: read_source(cfg.paths.split_file(s, "train")) for s in sources}
     train[REPLAY_SOURCE] = read_source(cfg.paths.replay)
     val = [r for s in sources for r in read_source(cfg.paths.split_file(s, "val"))]
     rows_in = sum(map(len, train.values())) + len(val)
+    train, val, near_train, near_val = drop_near_duplicates(train, val, p.near_duplicates)
+    train, contamination = check_contamination(train, evaluated_texts(cfg, val), p.contamination.ngram,
+                                               p.contamination.action == "drop")
     merged = {"val": val}
-    merged["train"], mix = apply_mix(train, cfg.merge_data.mix, cfg.merge_data.seed)
+    merged["train"], mix = apply_mix(train, p.mix, p.seed)
     merged["val"], cross_source = drop_val_overlap(merged["train"], merged["val"])
     overlap = prompt_overlap(merged["train"], merged["val"])
     if overlap:
@@ -115,17 +189,21 @@ def main(cfg: Params) -> dict:
     write_jsonl(cfg.paths.train, merged["train"])
     write_jsonl(cfg.paths.val, merged["val"])
 
-    dropped = {stage: read_json(cfg.paths.metrics_file(stage))["dropped"] for stage in SOURCE_STAGES}
-    dropped |= {f"data_split_{s}": read_json(cfg.paths.metrics_file(f"data_split_{s}"))["dropped"]
-                for s in sources}
+    stages = ["generate_identity_data", *(f"{stage}_{s}" for s in sources for stage in ("process_data", "data_split")),
+              "generate_replay_data"]
+    dropped = {stage: read_json(cfg.paths.metrics_file(stage))["dropped"] for stage in stages}
     left_out = sum(m["left_out"] for m in mix.values())
     repeated = sum(m["repeated"] for m in mix.values())
-    dropped["merge_data"] = {"prompt_in_train": cross_source, "left_out_by_mix": left_out}
+    dropped["merge_data"] = {"prompt_in_train": cross_source, "left_out_by_mix": left_out,
+                             "near_duplicate": sum(near_train.values()), "val_near_train": sum(near_val.values()),
+                             "contaminated": sum(contamination["removed"].values())}
     report = {split: split_report(merged[split]) for split in SPLITS}
-    report |= {"mix": mix, "dropped": dropped, "train_val_prompt_overlap": overlap}
+    report |= {"mix": mix, "dropped": dropped, "train_val_prompt_overlap": overlap,
+               "near_duplicates": {"threshold": p.near_duplicates.threshold, "train": near_train, "val": near_val},
+               "contamination": contamination}
     write_json(cfg.paths.report, report)
     # rows in + repeated = rows out + dropped
-    write_json(cfg.paths.metrics_file("merge_data"), {
+    write_json(cfg.paths.merge_metrics, {
         "rows_in": rows_in, "rows_out": len(merged["train"]) + len(merged["val"]),
         "train": len(merged["train"]), "val": len(merged["val"]),
         "added": {"repeated_by_mix": repeated}, "dropped": dropped["merge_data"]})

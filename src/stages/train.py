@@ -1,7 +1,8 @@
 """Stage ``train``: fine-tune a LoRA adapter with TRL (QLoRA when ``train.quantization.load_in_4bit``).
 
-Records go through the tokenizer's chat template in TRL's prompt/completion form,
-so the loss falls on the assistant's answer and its end-of-turn token only.
+Records go through the tokenizer's chat template (src/chat.py's ``supervised_ids``), so the
+loss falls on the assistant's turns and their end-of-turn tokens only: every reply of a
+multi-turn conversation, never a system or user turn.
 Writes the adapter (safetensors), the tokenizer and the resolved config to
 ``paths.adapter``, and dvclive metrics and plots to ``paths.train_live``.
 
@@ -28,7 +29,7 @@ import types
 import typing
 from pathlib import Path
 
-from src.chat import example_ids, prompt_ids, training_example, with_system_prompt
+from src.chat import supervised_ids, training_example, with_system_prompt
 from src.checkpoints import (PREFIX, TRAINER_STATE, CheckpointStore, checkpoint_root, finished, release_all,
                              fingerprint_inputs, keep_after_success, step_of)
 from src.cli import run
@@ -160,9 +161,9 @@ def load_examples(path: str, system_prompt: str | None, distilled: bool = False)
     return supervised, replay
 
 
-def token_lengths(tokenizer, examples: list[dict]) -> list[int]:
-    """Full length in tokens of each example as the chat template renders it."""
-    return [len(example_ids(tokenizer, e)) for e in examples]
+def tokenize(tokenizer, examples: list[dict]) -> list[dict]:
+    """Each example's token ids and assistant-turn mask, as TRL takes them ready-made."""
+    return [supervised_ids(tokenizer, e) for e in examples]
 
 
 LIVE_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mean_token_accuracy", "replay_kl")
@@ -314,11 +315,13 @@ def run_training(cfg: Params):
     log.info("training on %s in %s%s", device_kind(), str(dtype).removeprefix("torch."),
              " with 4-bit/8-bit base weights" if quantization else "")
 
-    # Data: every record through the chat template, prompt and completion apart.
-    all_examples, replay_examples = load_examples(paths.train, cfg.chat.system_prompt, tc.replay.loss == "kl")
+    # Data: every record through the chat template, its assistant turns marked for the loss.
+    examples, replay_examples = load_examples(paths.train, cfg.chat.system_prompt, tc.replay.loss == "kl")
+    all_examples = tokenize(tokenizer, examples)
     val_examples, _ = load_examples(paths.val, cfg.chat.system_prompt)
-    eval_examples = random.Random(tc.seed).sample(val_examples, min(tc.eval_records, len(val_examples)))
-    lengths = token_lengths(tokenizer, all_examples)
+    eval_examples = tokenize(tokenizer, random.Random(tc.seed).sample(val_examples,
+                                                                      min(tc.eval_records, len(val_examples))))
+    lengths = [len(e["input_ids"]) for e in all_examples]
     max_length = sft_config.max_length
     train_examples, truncated, too_long = select_by_length(all_examples, lengths, max_length,
                                                            tc.over_length, paths.train)
@@ -328,8 +331,7 @@ def run_training(cfg: Params):
 
     # A record whose prompt alone fills max_length keeps no answer token once cut: left out, counted.
     if tc.over_length == "truncate" and max_length:
-        kept = [e for e, n in zip(train_examples, lengths)
-                if n <= max_length or len(prompt_ids(tokenizer, e["prompt"])) < max_length]
+        kept = [e for e in train_examples if 1 in e["assistant_masks"][:max_length]]
         no_completion, train_examples = len(train_examples) - len(kept), kept
     else:
         no_completion = 0
