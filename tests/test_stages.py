@@ -181,6 +181,49 @@ def test_apply_mix_counts_every_source():
     assert len(out) == 6 and counts["identity"]["left_out"] == 6 and counts["orca"]["kept"] == 4
 
 
+def _near(**changes):
+    from src.config import NearDuplicateParams
+
+    base = {"threshold": 0.8, "shingle_words": 3, "num_perm": 128, "skip_sources": ["identity"]}
+    return NearDuplicateParams(**{**base, **changes})
+
+
+LONG = ("Explain how a hash table resolves collisions when two keys map to the same bucket, and "
+        "compare chaining with open addressing in terms of memory use and lookup speed.")
+
+
+def test_near_duplicates_are_dropped_across_sources_and_counted_per_source():
+    answer = "Chaining keeps a list per bucket; open addressing probes for the next free slot."
+    train = {"orca": [make_record(LONG, answer, "orca"), make_record("What is 2 + 2?", "4.", "orca")],
+             "platypus": [make_record("Please " + LONG.lower(), answer, "platypus"),  # a near copy of orca's
+                          make_record("Name a prime number.", "7.", "platypus")],
+             "identity": [make_record("Who are you?", "Juniper.", "identity")] * 2}  # alike by design
+    val = [make_record(LONG + " Answer briefly.", answer, "platypus"), make_record("Capital of Peru?", "Lima.", "orca")]
+    kept, kept_val, dropped, dropped_val = merge_data.drop_near_duplicates(train, val, _near())
+    assert dropped == {"identity": 0, "orca": 0, "platypus": 1}
+    assert [r.prompt[-1].content for r in kept["platypus"]] == ["Name a prime number."]
+    assert len(kept["orca"]) == 2 and len(kept["identity"]) == 2  # the first of a pair is kept; skipped as they are
+    assert dropped_val == {"orca": 0, "platypus": 1} and [r.source for r in kept_val] == ["orca"]
+    # null threshold: exact duplicates only (data_split's), nothing dropped here
+    assert merge_data.drop_near_duplicates(train, val, _near(threshold=None))[2] == dict.fromkeys(train, 0)
+
+
+def test_contamination_is_reported_and_dropped_when_asked():
+    train = {"orca": [make_record("Tell me a little about yourself, please.", "I am a model.", "orca"),
+                      make_record(LONG, "Chaining and probing.", "orca")],
+             "platypus": [make_record("What is the capital of France? Answer in one word.", "Paris.", "platypus")]}
+    evaluated = {"sanity_prompts": ["Tell me a little about yourself."],  # shorter than n: all of it counts
+                 "retention_probes": ["What is the capital of France?"],
+                 "validation": ["Which bucket does a key map to in a hash table?"]}
+    kept, report = merge_data.check_contamination(train, evaluated, n=8, drop=False)
+    assert kept == train and report["removed"] == {"orca": 0, "platypus": 0}
+    assert report["train_records_hit"] == {"sanity_prompts": {"orca": 1, "platypus": 0},
+                                           "retention_probes": {"orca": 0, "platypus": 1},
+                                           "validation": {"orca": 0, "platypus": 0}}
+    kept, report = merge_data.check_contamination(train, evaluated, n=8, drop=True)
+    assert report["removed"] == {"orca": 1, "platypus": 1} and [r.prompt[-1].content for r in kept["orca"]] == [LONG]
+
+
 def test_mix_params_are_checked():
     raw = repo_params()
     for mix, message in (({"wiki": {"rows": 3}}, "unknown source wiki"),
