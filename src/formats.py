@@ -68,13 +68,13 @@ DROP_REASONS = ("wrong_type", "unknown_role", "no_user_turn", "no_assistant_repl
                 "empty_turn", "turn_order", "too_long")
 
 
-def check_columns(fmt: str, columns: dict[str, str]) -> None:
-    """``columns`` renames only fields ``fmt`` reads (a ValueError names the others)."""
+def check_columns(source: str, fmt: str, columns: dict[str, str]) -> None:
+    """``columns`` renames only fields ``fmt`` reads (a PipelineError names the others)."""
     fields = [f.name for f in FORMAT_FIELDS[fmt]]
     unknown = sorted(set(columns) - set(fields))
     if unknown:
-        raise ValueError(f"columns: {', '.join(unknown)} is not a field of format {fmt} "
-                         f"(its fields: {', '.join(fields) or 'none; records are read as they are'})")
+        raise PipelineError(f"params.yaml: datasets.{source}.columns: {', '.join(unknown)} is not a field of "
+                            f"format {fmt} (its fields: {', '.join(fields) or 'none; records are read as they are'})")
 
 
 class Drop(Exception):
@@ -354,6 +354,7 @@ def read_source(spec, source: str) -> tuple[Iterator[Record], Callable[[], dict]
     """The records of the seeded subset of a source (a ``DatasetSpec``), as a lazy iterator, and a
     function returning the row accounting once the iterator is spent."""
     fields = FORMAT_FIELDS[spec.format]
+    check_columns(source, spec.format, spec.columns)
     rows = open_rows(spec.path, fields, spec.columns)
     indices = subset_indices(rows.count, spec.subset_rows, spec.subset_fraction, spec.seed)
     log.info("%s: %d rows (%s); reading %d of them", spec.path, rows.count, spec.format, len(indices))

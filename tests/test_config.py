@@ -61,7 +61,6 @@ def _broken(edit) -> dict:
     (lambda r: r["datasets"]["platypus"].update(max_chars=True), "datasets.platypus.max_chars"),
     (lambda r: r["datasets"]["orca"].update(format="xml"), "datasets.orca.format"),
     (lambda r: r["datasets"]["orca"].pop("path"), "datasets.orca.path"),
-    (lambda r: r["datasets"]["orca"].update(columns={"answer": "a"}), "datasets.orca"),
     (lambda r: r["datasets"].update({"Bad Name": r["datasets"]["orca"]}), "datasets.Bad Name"),
     (lambda r: r["datasets"].update(replay=r["datasets"]["orca"]), "datasets.replay"),
     (lambda r: r["datasets"].clear(), "datasets"),

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from src.config import DatasetSpec, validate_params
+from src.config import DatasetSpec
 from src.errors import PipelineError
 from src.formats import DROP_REASONS, read_source
 from src.records import read_jsonl
@@ -233,11 +233,12 @@ def test_a_parquet_conversation_column_of_the_wrong_type(tmp_path):
         read_source(DatasetSpec(path=str(path), format="messages"), "mine")
 
 
-def test_params_refuse_a_column_the_format_does_not_read():
-    raw = repo_params()
-    raw["datasets"]["mine"] = {"path": "x.csv", "format": "alpaca", "columns": {"answer": "reply"}}
-    with pytest.raises(PipelineError, match=r"datasets.mine: columns: answer is not a field of format alpaca"):
-        validate_params(raw)
+def test_a_column_the_format_does_not_read_is_refused_before_the_file_is_opened(tmp_path):
+    spec = DatasetSpec(path=str(tmp_path / "absent.csv"), format="alpaca", columns={"answer": "reply"})
+    with pytest.raises(PipelineError) as exc:
+        read_source(spec, "mine")
+    assert str(exc.value) == ("params.yaml: datasets.mine.columns: answer is not a field of format alpaca "
+                              "(its fields: instruction, input, output, system)")
 
 
 # --- a user's file, one params entry, dvc exp run -----------------------------------------------
