@@ -68,10 +68,11 @@ def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
 
 
-def run_cli(args: list[str], cwd: Path, check: bool = False,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run a command with the test environment (the venv's executables first on PATH), plus ``env``."""
-    proc = subprocess.run(args, cwd=cwd, env=cli_env(env), capture_output=True, text=True)
+def run_cli(args: list[str], cwd: Path, check: bool = False, env: dict[str, str] | None = None,
+            input_text: str | None = None) -> subprocess.CompletedProcess:
+    """Run a command with the test environment (the venv's executables first on PATH), plus ``env``;
+    ``input_text`` is its stdin."""
+    proc = subprocess.run(args, cwd=cwd, env=cli_env(env), capture_output=True, text=True, input=input_text)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
