@@ -304,6 +304,14 @@ class GateParams(Section):
     min_eos_rate: Rate
 
 
+class PublishParams(Section):
+    """``python -m src.publish``: where the merged model goes on the Hugging Face Hub."""
+
+    repo_id: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")] | None
+    private: bool
+    revision: NonEmptyStr
+
+
 class Params(Section):
     paths: Paths
     generate_identity_data: IdentityParams
@@ -318,6 +326,7 @@ class Params(Section):
     sanity_check: SanityParams
     evaluate: EvaluateParams
     quality_gate: GateParams
+    publish: PublishParams
 
     @model_validator(mode="after")
     def _sources_known(self) -> Params:

@@ -172,6 +172,73 @@ class FakeHub(_Server):
         super().__init__(Handler)
 
 
+class UploadHub(_Server):
+    """The Hub's upload API as ``HF_ENDPOINT`` sees it: repository creation, branches, the
+    model card check, the preupload check (every file regular, so its bytes come inside the
+    commit) and commits.
+    Keeps every request (method, path, Authorization header, body) in ``requests``, the
+    created repositories in ``created`` and each commit's files in ``commits`` as
+    ``(repo, revision, summary, {path: bytes})``; anything else is a 404."""
+
+    COMMIT = "c0ffee0000000000000000000000000000000001"
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.created: list[dict] = []
+        self.commits: list[tuple[str, str, str, dict[str, bytes]]] = []
+        self.cards: list[str] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status: int, payload) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                path, body = self.path.split("?")[0], _read_body(self)
+                hub.requests.append({"method": "POST", "path": path, "auth": self.headers.get("Authorization"),
+                                     "body": body})
+                parts = path.strip("/").split("/")  # api, models, owner, name, action, revision
+                if path == "/api/repos/create":
+                    spec = json.loads(body)
+                    hub.created.append(spec)
+                    repo = f"{spec.get('organization') or 'user'}/{spec['name']}"
+                    return self.reply(200, {"url": f"{hub.url}/{repo}", "name": repo})
+                if path == "/api/validate-yaml":  # the model card's metadata
+                    hub.cards.append(json.loads(body).get("content", ""))
+                    return self.reply(200, {"errors": [], "warnings": []})
+                if len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "branch":
+                    return self.reply(200, {})
+                if len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "preupload":
+                    files = json.loads(body)["files"]
+                    return self.reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
+                                                       "shouldIgnore": False} for f in files]})
+                if len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "commit":
+                    repo, revision = "/".join(parts[2:4]), "/".join(parts[5:])
+                    lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+                    summary = next(x["value"]["summary"] for x in lines if x["key"] == "header")
+                    added = {x["value"]["path"]: base64.b64decode(x["value"]["content"])
+                             for x in lines if x["key"] == "file"}
+                    hub.commits.append((repo, revision, summary, added))
+                    return self.reply(200, {"commitUrl": f"{hub.url}/{repo}/commit/{hub.COMMIT}",
+                                            "commitOid": hub.COMMIT, "pullRequestUrl": None})
+                self.reply(404, {"error": "not found"})
+
+            def do_GET(self):
+                hub.requests.append({"method": "GET", "path": self.path, "auth": self.headers.get("Authorization"),
+                                     "body": b""})
+                self.reply(404, {"error": "not found"})
+
+        super().__init__(Handler)
+
+
 # The upstream files a profile imports, as the stand-in Hub serves them: a made-up Open-Orca
 # commit (reached through the branch main), Open-Platypus's pinned one and file.
 ORCA_COMMIT = "0123456789abcdef0123456789abcdef01234567"
