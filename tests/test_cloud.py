@@ -34,6 +34,7 @@ from tests.conftest import OFFLINE, ROOT, files_holding, make_clone, run_cli
 from tests.modelkit import TINY_DAG_SFT, chatml_tokenizer, configure_tiny_dag, tiny_model_folder
 
 TRAINING_YAML, VSCODE_YAML = ROOT / "sky-training.yaml", ROOT / "sky-vscode.yaml"
+SERVE_YAML = ROOT / "sky-serve.yaml"
 FAULTKIT = ROOT / "tests" / "faultkit"
 # A managed job's task id (SkyPilot keeps it across the job's recoveries).
 TASK_ID = "sky-managed-2026-11-28-05-00-00-000000_finetune_3-0"
@@ -72,6 +73,27 @@ def test_training_yaml_passes_skypilot_schema():
     # the 7B profile is the default; its validity against params: test_profile
     assert task.envs["PROFILE"] == "profiles/llama2-7b-qlora.yaml" and (ROOT / task.envs["PROFILE"]).is_file()
     assert task.envs["PARAMS"] == ""
+
+
+def test_serve_yaml_passes_skypilot_schema():
+    import sky
+
+    with pytest.raises(ValueError, match="'EXP_NAME' is None"):  # required at launch
+        sky.Task.from_yaml(str(SERVE_YAML))
+    task = load_task(SERVE_YAML, EXP_NAME="exp-1")
+    service = task.service
+    probe = yaml.safe_load(SERVE_YAML.read_text())["service"]["readiness_probe"]
+    assert service.readiness_path == "/v1/chat/completions" == probe["path"]
+    assert service.post_data["messages"][0]["role"] == "user"  # a real chat turn
+    assert service.post_data["model"] == task.envs["SERVED_NAME"]  # the name vLLM serves under
+    assert (service.min_replicas, service.max_replicas) == (1, 4) and service.target_qps_per_replica > 0
+    assert service.dynamic_ondemand_fallback  # spot, with on-demand while spot is short
+    assert all(r.use_spot and r.ports == ["8000"] for r in task.resources) and len(task.resources) >= 3
+    assert not task.file_mounts and task.workdir == "."
+    assert all(not v.get_secret_value() for v in task.secrets.values())
+    assert 'dvc" exp pull origin "$EXP_NAME"' in task.run and 'dvc" pull merge_model' in task.run
+    assert "vllm\" serve models/merged" in task.run and "--port 8000" in task.run
+    assert "requirements-serve.txt" in task.setup and (ROOT / "requirements-serve.txt").is_file()
 
 
 def test_vscode_yaml_passes_skypilot_schema():
