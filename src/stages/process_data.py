@@ -35,8 +35,9 @@ def main(cfg: Params, source: str) -> dict:
     write_jsonl(out, tqdm(records, desc=spec.path, unit="row", mininterval=1))
     metrics = accounting()
     write_json(cfg.paths.metrics_file(f"process_data_{source}"), metrics)
-    log.info("%s: wrote %d records (%d multi-turn); dropped %s", out, metrics["rows_out"],
-             metrics["multi_turn_records"], {k: v for k, v in metrics["dropped"].items() if v} or "none")
+    log.info("%s: wrote %d records (%d multi-turn, %d unanswered last turns cut); dropped %s", out,
+             metrics["rows_out"], metrics["multi_turn_records"], metrics["unanswered_turns_cut"],
+             {k: v for k, v in metrics["dropped"].items() if v} or "none")
     return metrics
 
 
