@@ -46,10 +46,9 @@ def prompt_ids(tokenizer, messages: Sequence[Message]) -> list[int]:
                                          return_dict=True)["input_ids"]
 
 
-def example_ids(tokenizer, example: dict) -> list[int]:
-    """Token ids of a whole prompt/completion example as the chat template renders it."""
-    return tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True,
-                                         return_dict=True)["input_ids"]
+def conversation_ids(tokenizer, messages: Sequence[Message]) -> list[int]:
+    """Token ids of a whole conversation (replies included) as the chat template renders it."""
+    return tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True)["input_ids"]
 
 
 def supervised_ids(tokenizer, example: dict) -> dict[str, list[int]]:
@@ -59,29 +58,18 @@ def supervised_ids(tokenizer, example: dict) -> dict[str, list[int]]:
     Each assistant turn starts where the conversation rendered up to it, with the generation
     prompt, stops matching the whole; it ends where the conversation rendered through it stops
     matching. A single-turn example gets exactly TRL's completion mask for the same turns."""
+    from trl.data_utils import common_prefix_length  # how TRL finds where a completion starts
+
     messages = example["prompt"] + example["completion"]
-    ids = _render(tokenizer, messages)
+    ids = conversation_ids(tokenizer, messages)
     mask = [0] * len(ids)
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
-            start = _common_prefix(_render(tokenizer, messages[:i], add_generation_prompt=True), ids)
-            end = len(ids) if i == len(messages) - 1 else _common_prefix(_render(tokenizer, messages[:i + 1]), ids)
+            start = common_prefix_length(prompt_ids(tokenizer, messages[:i]), ids)
+            end = len(ids) if i == len(messages) - 1 else \
+                common_prefix_length(conversation_ids(tokenizer, messages[:i + 1]), ids)
             mask[start:end] = [1] * (end - start)
     return {"input_ids": ids, "assistant_masks": mask}
-
-
-def _render(tokenizer, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[int]:
-    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
-                                         tokenize=True, return_dict=True)["input_ids"]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def generation_inputs(tokenizer, conversations: Sequence[Sequence[Message]]):

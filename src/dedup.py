@@ -54,7 +54,7 @@ def shingles(text: str, size: int) -> set[bytes]:
 
 
 class NearDuplicates:
-    """Records seen so far; ``seen_before(record)`` says whether one like it was added."""
+    """Records added so far, and whether a record is like one of them (``query``, ``add_unless_seen``)."""
 
     def __init__(self, threshold: float, shingle_words: int, num_perm: int, seed: int = 1):
         from datasketch import MinHash, MinHashLSH
@@ -87,7 +87,6 @@ class NgramIndex:
     """The word n-grams of named sets of texts (texts shorter than n words: the whole text)."""
 
     def __init__(self, texts: dict[str, Iterable[str]], n: int):
-        self.n = n
         self._by_gram: dict[tuple[str, ...], set[str]] = defaultdict(set)
         self._lengths: set[int] = set()
         for name, group in texts.items():

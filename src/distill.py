@@ -21,7 +21,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from src.chat import example_ids, prompt_ids
+from src.chat import supervised_ids
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,10 @@ def replay_rows(tokenizer, examples: Sequence[dict], max_length: int | None) -> 
     a row whose answer does not survive the cut is left out."""
     rows = []
     for e in examples:
-        ids = example_ids(tokenizer, e)
-        start = len(prompt_ids(tokenizer, e["prompt"]))
-        if max_length:
-            ids = ids[:max_length]
-        if start < len(ids):
-            rows.append(ReplayRow(list(ids), [i >= start for i in range(len(ids))]))
+        tokens = supervised_ids(tokenizer, e)
+        ids, answer = tokens["input_ids"][:max_length or None], tokens["assistant_masks"][:max_length or None]
+        if any(answer):
+            rows.append(ReplayRow(ids, [bool(m) for m in answer]))
     return rows
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from src.errors import PipelineError
 from src.raw import iter_rows, open_parquet, subset_indices
@@ -175,13 +176,14 @@ def to_record(turns: list[tuple[str, str]], source: str, max_chars: int) -> tupl
     last_reply = max(i for i, (r, _) in enumerate(turns) if r == "assistant")
     trimmed = len(turns) - 1 - last_reply
     turns = turns[:last_reply + 1]
-    body = turns[1:] if turns[0][0] == "system" else turns
-    if any(r != ("user" if i % 2 == 0 else "assistant") for i, (r, _) in enumerate(body)):
-        raise Drop("turn_order")
+    try:  # the record's own check of the turn order
+        record = Record(prompt=[Turn(role=r, content=t) for r, t in turns[:-1]],
+                        completion=[Turn(role="assistant", content=turns[-1][1])], source=source)
+    except ValidationError:
+        raise Drop("turn_order") from None
     if sum(len(t) for _, t in turns) > max_chars:
         raise Drop("too_long")
-    prompt = [Turn(role=r, content=t) for r, t in turns[:-1]]
-    return Record(prompt=prompt, completion=[Turn(role="assistant", content=turns[-1][1])], source=source), trimmed
+    return record, trimmed
 
 
 # --- Files -------------------------------------------------------------------------------------
@@ -215,29 +217,28 @@ def _jsonl_rows(path: Path) -> Rows:
         with path.open("rb") as f:
             for i in indices:
                 f.seek(offsets[i])
-                where = f"{path}:{numbers[i]}"
-                try:
-                    row = json.loads(f.readline())
-                except UnicodeDecodeError as err:
-                    raise PipelineError(f"{where}: invalid UTF-8 ({err.reason})") from err
-                except json.JSONDecodeError as err:
-                    raise PipelineError(f"{where}: not valid JSON ({err.msg}, column {err.colno})") from err
+                row = _parse_json(f.readline(), path, int(numbers[i]))
                 if not isinstance(row, dict):
-                    raise PipelineError(f"{where}: a JSON {type(row).__name__}, not an object; each line "
-                                        "must be one record")
+                    raise PipelineError(f"{path}:{numbers[i]}: a JSON {type(row).__name__}, not an object; each "
+                                        "line must be one record")
                 yield f"line {numbers[i]}", row
 
     return Rows(len(offsets), read)
 
 
-def _json_rows(path: Path) -> Rows:
+def _parse_json(raw: bytes, path: Path, line: int | None = None):
+    """``raw`` parsed; its errors name the file and the line (``line``: where ``raw`` starts)."""
     try:
-        with path.open("rb") as f:
-            data = json.load(f)
+        return json.loads(raw)
     except UnicodeDecodeError as err:
-        raise PipelineError(f"{path}: invalid UTF-8 ({err.reason})") from err
+        raise PipelineError(f"{path}{f':{line}' if line else ''}: invalid UTF-8 ({err.reason})") from err
     except json.JSONDecodeError as err:
-        raise PipelineError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from err
+        raise PipelineError(f"{path}:{(line or 1) + err.lineno - 1}: not valid JSON ({err.msg}, "
+                            f"column {err.colno})") from err
+
+
+def _json_rows(path: Path) -> Rows:
+    data = _parse_json(path.read_bytes(), path)
     if not isinstance(data, list):
         raise PipelineError(f"{path}: a JSON {type(data).__name__}, not a list of records "
                             "(a file of one record per line is .jsonl)")
@@ -389,8 +390,6 @@ def read_source(spec, source: str) -> tuple[Iterator[Record], Callable[[], dict]
 
 
 def _record_line(row: dict, where: str, path) -> Record:
-    from pydantic import ValidationError
-
     try:
         return Record.model_validate(row)
     except ValidationError as err:

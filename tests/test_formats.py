@@ -269,3 +269,10 @@ def test_a_users_file_is_trained_on_with_one_params_entry(clone):
     assert live["records"] == report["train"]["rows"]["total"]
     assert yaml.safe_load((repo / "params.yaml").read_text())["datasets"]["support"]["format"] == "sharegpt"
     assert params_file(repo)["datasets"]["orca"] == repo_params()["datasets"]["orca"]
+
+
+def test_the_params_schema_knows_every_format_the_reader_reads():
+    from src.config import FORMATS
+    from src.formats import FORMAT_FIELDS
+
+    assert set(FORMATS) == set(FORMAT_FIELDS)
