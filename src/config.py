@@ -46,6 +46,7 @@ class Paths(Section):
     adapter: NonEmptyStr
     train_live: NonEmptyStr
     merged_model: NonEmptyStr
+    export: NonEmptyStr
     sanity_results: NonEmptyStr
     sanity_report: NonEmptyStr
     evaluation: NonEmptyStr
@@ -304,6 +305,25 @@ class GateParams(Section):
     min_eos_rate: Rate
 
 
+class ExportParams(Section):
+    """``export_model``: the merged model as GGUF files (llama.cpp) and an Ollama Modelfile."""
+
+    gguf: list[Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]]
+    ollama: Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"] | None
+
+    @model_validator(mode="after")
+    def _ollama_file_written(self) -> ExportParams:
+        if len(set(self.gguf)) != len(self.gguf):
+            raise ValueError(f"gguf: a type is named twice ({', '.join(self.gguf)})")
+        if self.ollama is not None and self.ollama not in self.gguf:
+            raise ValueError(f"ollama: {self.ollama} is not among the GGUF types written (gguf: "
+                             f"{', '.join(self.gguf) or 'none'})")
+        k_quants = [k for k in self.gguf if k.endswith(("_k", "_k_m"))]
+        if k_quants and "f16" not in self.gguf:
+            raise ValueError(f"gguf: the k-quants ({', '.join(k_quants)}) are made from the f16 file; add f16")
+        return self
+
+
 class PublishParams(Section):
     """``python -m src.publish``: where the merged model goes on the Hugging Face Hub."""
 
@@ -326,6 +346,7 @@ class Params(Section):
     sanity_check: SanityParams
     evaluate: EvaluateParams
     quality_gate: GateParams
+    export: ExportParams
     publish: PublishParams
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from tests.conftest import make_clone, run_cli
 
 pytestmark = pytest.mark.slow
 
-MODEL_STAGES = {"train", "merge_model", "sanity_check", "evaluate", "quality_gate"}
+MODEL_STAGES = {"train", "merge_model", "export_model", "sanity_check", "evaluate", "quality_gate"}
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,104 @@ def test_second_run_is_a_no_op_and_training_change_reruns_only_downstream(pipeli
                        "-S", "evaluate.max_new_tokens=8"], repo, check=True, env={"QUALITY_GATE": "defer"})
     assert ran_stages(changed.stdout) == MODEL_STAGES, changed.stdout
     assert "quality gate failed" in changed.stderr + changed.stdout
+
+
+# --- the exported model in clients no one here wrote (tests/test_export.py: the mechanics) ------
+
+def llama_cpp(repo, kind: str):
+    from llama_cpp import Llama
+
+    return Llama(str(repo / "models" / "export" / f"model-{kind}.gguf"), n_ctx=1024, verbose=False, seed=0)
+
+
+def chat_llama_cpp(llm, question: str, max_tokens: int) -> dict:
+    """llama.cpp's own chat handling of the template embedded in the GGUF file, greedy."""
+    reply = llm.create_chat_completion([{"role": "user", "content": question}], max_tokens=max_tokens,
+                                       temperature=0.0, repeat_penalty=1.0)
+    return reply["choices"][0]
+
+
+@pytest.fixture(scope="module")
+def held_out_identity(pipeline):
+    """evaluate's held-out identity questions with the fine-tuned model's answers (transformers)."""
+    repo, _, _ = pipeline
+    rows = [json.loads(line) for line in open(repo / "sanity_check_result" / "evaluation_answers.jsonl")]
+    return [r for r in rows if r["kind"] == "identity/unseen"]
+
+
+def test_export_files_and_sizes(pipeline):
+    repo, _, _ = pipeline
+    out = repo / "models" / "export"
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-f16.gguf", "model-q8_0.gguf"]
+    f16, q8 = (out / "model-f16.gguf").stat().st_size, (out / "model-q8_0.gguf").stat().st_size
+    assert q8 <= 0.55 * f16, (q8, f16)
+    assert 'SYSTEM """You are a helpful AI assistant."""' in (out / "Modelfile").read_text()
+
+
+@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+def test_llama_cpp_answers_the_held_out_identity_questions_as_transformers_does(pipeline, held_out_identity,
+                                                                                  kind):
+    """The GGUF file in llama.cpp, a user message alone: the embedded template supplies the
+    system prompt of training; answers are scored as evaluate scores them, stop at EOS, and
+    are right as often as the merged model's in transformers."""
+    from src.config import load_params
+    from src.stages.evaluate import identity_checks, identity_correct, other_terms
+
+    repo, _, _ = pipeline
+    cfg = load_params(str(repo))
+    checks = identity_checks(repo / cfg.evaluate.identity_questions, cfg.generate_identity_data)
+    assert [c.question for c in checks] == [r["question"] for r in held_out_identity]
+    others = other_terms(cfg.generate_identity_data)
+    llm = llama_cpp(repo, kind)
+    replies = [chat_llama_cpp(llm, c.question, cfg.evaluate.max_new_tokens) for c in checks]
+    right = sum(identity_correct(c, r["message"]["content"], others) for c, r in zip(checks, replies))
+    right_hf = sum(identity_correct(c, r["finetuned"], others) for c, r in zip(checks, held_out_identity))
+    print(f"held-out identity questions right: llama.cpp {kind} {right}/{len(checks)}, transformers {right_hf}")
+    assert right >= right_hf, [r["message"]["content"] for r in replies]
+    assert sum(r["finish_reason"] == "stop" for r in replies) >= 0.9 * len(replies), replies
+
+
+def test_llama_cpp_f16_greedy_tokens_equal_transformers(pipeline):
+    """The sanity prompts, greedy: llama.cpp on the f16 file gives the first 32 tokens that
+    transformers gives on the merged folder (fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from src.chat import conversation, prompt_ids
+
+    repo, _, _ = pipeline
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    folder = repo / "models" / "merged"
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    llm = llama_cpp(repo, "f16")
+    for prompt in params["sanity_check"]["prompts"]:
+        ids = prompt_ids(tok, conversation([{"role": "user", "content": prompt}], params["chat"]["system_prompt"]))
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)
+        expected = out[0, len(ids):].tolist()
+        got = []
+        llm.reset()
+        for token in llm.generate(ids, temp=0.0, repeat_penalty=1.0):
+            got.append(token)
+            if len(got) == len(expected) or token == tok.eos_token_id:
+                break
+        assert got == expected, (prompt, tok.decode(got), tok.decode(expected))
+
+
+def test_transformers_reads_the_f16_gguf_back_within_tolerance(pipeline):
+    """transformers' own GGUF loader on the exported f16 file: logits within 0.1 of the merged
+    model's on a chat prompt (f16 rounding of the weights; measured 0.06), the same argmax."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    repo, _, _ = pipeline
+    folder, out = repo / "models" / "merged", repo / "models" / "export"
+    ids = AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True,
+        tokenize=True, return_dict=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(out, gguf_file="model-f16.gguf", dtype=torch.float32)(ids).logits
+    assert (got - expected).abs().max().item() <= 0.1
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))

@@ -1,0 +1,70 @@
+"""Stage ``export_model``: the merged model for llama.cpp, Ollama and LM Studio.
+
+Writes into ``models/export``:
+
+* ``model-<type>.gguf`` for each type in ``export.gguf`` (f16 and q8_0 by default): weights,
+  tokenizer, special tokens and the chat template of training (``chat.system_prompt`` as the
+  default system message included), so that llama.cpp builds the prompts training used;
+  k-quants (q4_k_m, ...) come from the f16 file through llama.cpp's own quantizer;
+* ``Modelfile`` for Ollama (``export.ollama`` names the GGUF file it loads): a ``TEMPLATE``
+  derived from the same chat template and checked to render the same text, the stop words,
+  and ``SYSTEM`` from ``chat.system_prompt``.
+
+    python -m src.stages.export_model
+    ollama create juniper -f models/export/Modelfile && ollama run juniper
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from src.cli import run
+from src.config import Params
+from src.export import GGUF_TYPES, modelfile, quantize_with_llama_cpp, read_config, write_gguf
+from src.records import output_folder
+
+log = logging.getLogger(__name__)
+
+
+def gguf_name(kind: str) -> str:
+    return f"model-{kind}.gguf"
+
+
+def main(cfg: Params) -> dict[str, int]:
+    from transformers import AutoTokenizer
+
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lines say nothing a user needs
+    folder, out, export = Path(cfg.paths.merged_model), Path(cfg.paths.export), cfg.export
+    if export.gguf:
+        read_config(folder)  # an architecture the exporter cannot write fails before any work
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    sizes: dict[str, int] = {}
+    # the types gguf writes first: the k-quants are made from the f16 file
+    kinds = sorted(export.gguf, key=lambda k: k not in GGUF_TYPES)
+    with output_folder(out) as partial:
+        for kind in kinds:
+            start = time.monotonic()
+            file = partial / gguf_name(kind)
+            if kind in GGUF_TYPES:
+                write_gguf(folder, file, kind, cfg.generate_identity_data.name, tokenizer)
+            else:
+                quantize_with_llama_cpp(partial / gguf_name("f16"), file, kind)
+            sizes[kind] = file.stat().st_size
+            log.info("%s: %.1f MB in %.1f s", gguf_name(kind), sizes[kind] / 1e6, time.monotonic() - start)
+        if export.ollama:
+            text = modelfile(tokenizer, gguf_name(export.ollama), cfg.chat.system_prompt)
+            (partial / "Modelfile").write_text(text, encoding="utf-8")
+            log.info("Modelfile: FROM ./%s (ollama create <name> -f %s)", gguf_name(export.ollama),
+                     out / "Modelfile")
+    if "f16" in sizes:
+        for kind, size in sizes.items():
+            if kind != "f16":
+                log.info("%s is %.2f of f16's size", kind, size / sizes["f16"])
+    log.info("wrote %s", out)
+    return sizes
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main, __doc__))

