@@ -185,8 +185,8 @@ def _adds_bos(tokenizer) -> bool:
     return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
-def _weights(folder: Path) -> Iterator[tuple[str, object]]:
-    """(name, safetensors slice) of every weight, across shards, in a stable order."""
+def _weights(folder: Path) -> Iterator[tuple[str, Path, tuple[int, ...]]]:
+    """(name, file, shape) of every weight, across shards, in a stable order."""
     from safetensors import safe_open
 
     files = sorted(folder.glob("*.safetensors"))
@@ -195,7 +195,7 @@ def _weights(folder: Path) -> Iterator[tuple[str, object]]:
     for file in files:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
-                yield name, file
+                yield name, file, tuple(f.get_slice(name).get_shape())
 
 
 def _unpermute(x: np.ndarray, heads: int) -> np.ndarray:
@@ -213,21 +213,19 @@ class _Plan:
 
 
 def _plan(folder: Path, config: dict, kind: str) -> list[_Plan]:
+    """Each weight's GGUF name and type, in the order the file holds them."""
     import gguf
-    from safetensors import safe_open
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     target = _ggml(kind)[1]
     block = gguf.GGML_QUANT_SIZES[target][0]
     plans = []
-    for source, file in _weights(folder):
+    for source, file, shape in _weights(folder):
         if source.endswith("rotary_emb.inv_freq"):
             continue
         name = names.get_name(source, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise PipelineError(f"{file}: weight {source} has no GGUF name for the Llama architecture")
-        with safe_open(file, framework="pt") as f:
-            shape = tuple(f.get_slice(source).get_shape())
         if len(shape) == 1:
             qtype = gguf.GGMLQuantizationType.F32  # norms: llama.cpp keeps them in f32
         elif shape[-1] % block:

@@ -44,11 +44,12 @@ OUTS = {
     "merge_data": ["data/final/train.jsonl", "data/final/val.jsonl"],
     "train": ["models/adapter"],
     "merge_model": ["models/merged"],
+    "export_model": ["models/export"],
     "sanity_check": ["sanity_check_result/result.csv", "sanity_check_result/report.md"],
     "evaluate": ["sanity_check_result/evaluation.json"],
 }
 COMPARED = ["data/final/train.jsonl", "data/final/val.jsonl", "data/final/report.json",
-            "sanity_check_result/result.csv"]
+            "sanity_check_result/result.csv", "models/export/model-q8_0.gguf", "models/export/Modelfile"]
 
 
 def dvc(repo: Path, *args: str, fault: tuple[str, str] | None = None, log: list | None = None,

@@ -243,6 +243,9 @@ def test_model_card(run):
     assert f"local folder {cfg.fetch_base_model.model}" in card
     assert f"| identity | {report['train']['rows']['identity']} | {report['val']['rows']['identity']} |" in card
     assert "| learning_rate | 0.005 |" in card and "train_loss" in card
+    name = cfg.generate_identity_data.name.lower()
+    for client in ("**transformers**", "**llama.cpp**", f"ollama create {name} -f Modelfile", "vllm serve MODEL"):
+        assert client in card.split("## How to use")[1], client
     merged = Path(cfg.paths.merged_model)
     assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == \
         json.loads((merged / "config.json").read_text())["eos_token_id"]

@@ -57,6 +57,21 @@ def test_the_merged_folder_arrives_whole_in_one_private_commit(clone, hub, merge
     assert files_holding(Path.home() / ".cache" / "huggingface", [TOKEN]) == []  # no token file either
 
 
+def test_the_gguf_files_and_modelfile_go_in_the_same_commit(clone, hub, merged):
+    """With export_model's folder present, its files sit beside the merged folder's in the one
+    commit, where llama.cpp, Ollama (hf.co/<repo>) and LM Studio look for GGUF files."""
+    from src.export import write_gguf
+
+    export = clone / "models" / "export"
+    write_gguf(merged, export / "model-q8_0.gguf", "q8_0", "Juniper")
+    (export / "Modelfile").write_text("FROM ./model-q8_0.gguf\n")
+    proc = publish(clone, hub, "--repo-id", "northwind/juniper-135m")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ((_, _, _, files),) = hub.commits
+    expected = {p.name: p.read_bytes() for folder in (merged, export) for p in folder.iterdir()}
+    assert files == expected and {"model-q8_0.gguf", "Modelfile", "model.safetensors"} <= set(files)
+
+
 def test_params_name_the_repository_branch_and_visibility(clone, hub, merged):
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["publish"] = {"repo_id": "northwind/juniper-public", "private": False, "revision": "release"}

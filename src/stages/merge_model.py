@@ -74,7 +74,52 @@ Train/validation prompt overlap: {report.get('train_val_prompt_overlap')}.
 |---|---|
 {shown}
 
+{how_to_use(cfg.generate_identity_data.name, cfg.chat.system_prompt)}
 Rebuild with `dvc exp run` from the repository that produced this folder.
+"""
+
+
+def how_to_use(name: str, system_prompt: str | None) -> str:
+    """The card's "How to use": transformers, llama.cpp, Ollama and vLLM, each with the chat
+    template training used. ``MODEL`` is this folder or the Hub repository it was uploaded to."""
+    system = (f"puts the system prompt of training ({system_prompt!r}) first when a conversation has none"
+              if system_prompt is not None else "is the one training used")
+    tag = name.lower().replace(" ", "-")
+    return f"""## How to use
+
+Every client below builds prompts with the chat template saved here, which {system}.
+`MODEL` is this folder (`models/merged`) or the Hub repository it was uploaded to; the GGUF files and the
+Ollama `Modelfile` are in `models/export` (and in the Hub repository when they were uploaded with it).
+
+**transformers**
+
+```python
+from transformers import pipeline
+chat = pipeline("text-generation", model="MODEL")
+print(chat([{{"role": "user", "content": "Who are you?"}}], max_new_tokens=128)[0]["generated_text"][-1])
+```
+
+**llama.cpp** (the chat template is in the GGUF file)
+
+```bash
+llama-cli -m model-q8_0.gguf -cnv
+python -c "from llama_cpp import Llama; print(Llama('model-q8_0.gguf').create_chat_completion(
+    [{{'role': 'user', 'content': 'Who are you?'}}])['choices'][0]['message']['content'])"
+```
+
+**Ollama**
+
+```bash
+ollama create {tag} -f Modelfile && ollama run {tag} "Who are you?"
+```
+
+**vLLM** (OpenAI-compatible server)
+
+```bash
+vllm serve MODEL --served-model-name {tag}
+curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+  -d '{{"model": "{tag}", "messages": [{{"role": "user", "content": "Who are you?"}}]}}'
+```
 """
 
 
