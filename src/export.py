@@ -315,9 +315,6 @@ def quantize_with_llama_cpp(f16: Path, out: Path, kind: str) -> Path:
 
 # --- Ollama -------------------------------------------------------------------------------------
 
-ROLES = ("system", "user", "assistant")
-
-
 @dataclass
 class TurnTemplate:
     """A chat template as text around each message: ``head[role]`` before a first message,
@@ -350,11 +347,14 @@ def _pieces(tokenizer, roles: Sequence[str]) -> list[str]:
     """The text a chat template puts before, between and after messages with these roles (the
     last, when a user's, followed by the generation prompt)."""
     messages = [{"role": r, "content": _marker(i)} for i, r in enumerate(roles)]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=roles[-1] == "user")
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=roles[-1] == "user")
+    except Exception as err:  # a template may raise on a conversation it does not take (jinja2's raise_exception)
+        raise PipelineError(f"chat template: cannot render a {'/'.join(roles)} conversation ({err})") from err
     pieces = []
     for i in range(len(roles)):
-        before, _, text = text.partition(_marker(i))
-        if not _:
+        before, found, text = text.partition(_marker(i))
+        if not found:
             raise PipelineError(NOT_A_TURN_TEMPLATE)
         pieces.append(before)
     return pieces + [text]
