@@ -305,11 +305,18 @@ class GateParams(Section):
     min_eos_rate: Rate
 
 
+# GGUF types export_model writes: with the gguf package, and (the k-quants) from the f16 file with
+# llama.cpp's quantizer.
+GGUF_TYPES = ("f16", "bf16", "q8_0")
+LLAMA_CPP_TYPES = ("q4_k_m", "q5_k_m", "q6_k")
+GgufType = Literal[GGUF_TYPES + LLAMA_CPP_TYPES]  # type: ignore[valid-type]
+
+
 class ExportParams(Section):
     """``export_model``: the merged model as GGUF files (llama.cpp) and an Ollama Modelfile."""
 
-    gguf: list[Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]]
-    ollama: Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"] | None
+    gguf: list[GgufType]
+    ollama: GgufType | None
 
     @model_validator(mode="after")
     def _ollama_file_written(self) -> ExportParams:
@@ -318,7 +325,7 @@ class ExportParams(Section):
         if self.ollama is not None and self.ollama not in self.gguf:
             raise ValueError(f"ollama: {self.ollama} is not among the GGUF types written (gguf: "
                              f"{', '.join(self.gguf) or 'none'})")
-        k_quants = [k for k in self.gguf if k.endswith(("_k", "_k_m"))]
+        k_quants = [k for k in self.gguf if k in LLAMA_CPP_TYPES]
         if k_quants and "f16" not in self.gguf:
             raise ValueError(f"gguf: the k-quants ({', '.join(k_quants)}) are made from the f16 file; add f16")
         return self

@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from src.config import GGUF_TYPES
 from src.errors import PipelineError
 
-# GGUF types this module writes: the file type and the type of each 2-D weight (1-D ones stay f32).
-GGUF_TYPES = ("f16", "bf16", "q8_0")
-# Written from an f16 file by llama.cpp's own quantizer (llama-cpp-python), when it is installed.
-LLAMA_CPP_TYPES = ("q4_k_m", "q5_k_m", "q6_k")
 ARCHITECTURES = ("LlamaForCausalLM",)
 
 
 def _ggml(kind: str):
+    """A GGUF_TYPES entry's file type and the type of each 2-D weight (1-D ones stay f32)."""
     import gguf
 
     return {"f16": (gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),
@@ -70,9 +69,8 @@ def _add_hparams(writer, config: dict, kind: str, name: str) -> None:
     writer.add_file_type(_ggml(kind)[0])
 
 
-def _byte_level_vocab(tokenizer_json: dict, n_vocab: int) -> tuple[list[str], list[int]]:
-    """Tokens and their GGUF types read straight from tokenizer.json (gguf's BpeVocab refuses
-    SmolLM2's, whose BPE model also sets byte_fallback)."""
+def _tokens_by_id(tokenizer_json: dict) -> tuple[dict[int, str], dict[int, int]]:
+    """tokenizer.json's tokens by id, and the GGUF types of its added tokens."""
     import gguf
 
     by_id = {i: t for t, i in tokenizer_json["model"]["vocab"].items()}
@@ -80,6 +78,15 @@ def _byte_level_vocab(tokenizer_json: dict, n_vocab: int) -> tuple[list[str], li
     for added in tokenizer_json.get("added_tokens", []):
         by_id[added["id"]] = added["content"]
         kinds[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    return by_id, kinds
+
+
+def _byte_level_vocab(tokenizer_json: dict, n_vocab: int) -> tuple[list[str], list[int]]:
+    """Tokens and their GGUF types read straight from tokenizer.json (gguf's BpeVocab refuses
+    SmolLM2's, whose BPE model also sets byte_fallback)."""
+    import gguf
+
+    by_id, kinds = _tokens_by_id(tokenizer_json)
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(n_vocab)]
     types = [kinds.get(i, gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED) for i in range(n_vocab)]
     return tokens, types
@@ -95,11 +102,7 @@ def _sentencepiece_bpe_vocab(tokenizer_json: dict, n_vocab: int) -> tuple[list[s
     for i, merge in enumerate(tokenizer_json["model"]["merges"]):
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
         rank.setdefault(left + right, i)
-    by_id = {i: t for t, i in tokenizer_json["model"]["vocab"].items()}
-    kinds = {}
-    for added in tokenizer_json.get("added_tokens", []):
-        by_id[added["id"]] = added["content"]
-        kinds[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    by_id, kinds = _tokens_by_id(tokenizer_json)
     unk = tokenizer_json["model"].get("unk_token")
     tokens, scores, types = [], [], []
     for i in range(n_vocab):
@@ -278,23 +281,27 @@ def write_gguf(folder: Path, out: Path, kind: str, name: str, tokenizer=None) ->
     writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     _add_hparams(writer, config, kind, name)
     _add_vocab(writer, folder, tokenizer, config["vocab_size"])
+    dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
     for p in plans:
-        dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
         writer.add_tensor_info(p.name, p.shape, dtype.get(p.qtype, np.float32), _nbytes(p.shape, p.qtype),
                                raw_dtype=None if p.qtype in dtype else p.qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for p in tqdm(plans, desc=f"{out.name}", unit="tensor", mininterval=2.0):
-        with safe_open(p.file, framework="pt") as f:
-            data = f.get_tensor(p.source).to(torch.float32).numpy()
-        if p.source.endswith("q_proj.weight"):
-            data = _unpermute(data, heads)
-        elif p.source.endswith("k_proj.weight"):
-            data = _unpermute(data, kv_heads)
-        writer.write_tensor_data(_convert(data, p.qtype))
+    with ExitStack() as stack:  # each shard opened once
+        shards = {f: stack.enter_context(safe_open(f, framework="pt")) for f in dict.fromkeys(p.file for p in plans)}
+        for p in tqdm(plans, desc=f"{out.name}", unit="tensor", mininterval=2.0):
+            _write_tensor(writer, p, shards[p.file].get_tensor(p.source).to(torch.float32).numpy(), heads, kv_heads)
     writer.close()
     return out
+
+
+def _write_tensor(writer, p: _Plan, data: np.ndarray, heads: int, kv_heads: int) -> None:
+    if p.source.endswith("q_proj.weight"):
+        data = _unpermute(data, heads)
+    elif p.source.endswith("k_proj.weight"):
+        data = _unpermute(data, kv_heads)
+    writer.write_tensor_data(_convert(data, p.qtype))
 
 
 def quantize_with_llama_cpp(f16: Path, out: Path, kind: str) -> Path:
