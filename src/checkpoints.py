@@ -29,6 +29,10 @@ locks (some bucket mounts) training goes on with a warning.
 A run that succeeds deletes its configuration's checkpoints, unless ``TRAIN_KEEP_CHECKPOINTS``
 is set (sky-training.yaml sets it, and deletes the folder once the results are pushed): then
 a rerun resumes from the final checkpoint and trains no further steps.
+
+The Trainer side (``resumable``, ``restore_finished``, ``tokens_before_resume``) is the only
+code of the pipeline that uses ``transformers.Trainer``'s private methods and attributes, so
+that a transformers upgrade that changes them is checked in one place.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import shutil
 from pathlib import Path
 
 from src.errors import PipelineError
-from src.records import write_json
+from src.records import file_digest, write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,6 @@ NOT_RESULT_SFT_KEYS = frozenset({
     "eval_on_start", "disable_tqdm",
 })
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes")
-WHOLE_HASH_LIMIT = 64 * 2**20  # bigger files are hashed by size, head and tail
-SAMPLE_BYTES = 8 * 2**20
 
 
 def checkpoint_root(configured: str) -> Path:
@@ -75,23 +77,6 @@ def checkpoint_root(configured: str) -> Path:
 def keep_after_success() -> bool:
     """Whether ``TRAIN_KEEP_CHECKPOINTS`` asks to keep checkpoints after training succeeds."""
     return os.environ.get(KEEP_ENV_VAR, "").strip().lower() in {"1", "true", "yes"}
-
-
-def file_digest(path: Path, sampled: bool = False) -> str:
-    """sha256 of a file; ``sampled``: for a file over 64 MiB, of its size and its first and last
-    8 MiB (weights of 13 GB hash in milliseconds; data files are always hashed whole)."""
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if not sampled or size <= WHOLE_HASH_LIMIT:
-            for block in iter(lambda: f.read(2**20), b""):
-                h.update(block)
-        else:
-            h.update(str(size).encode())
-            h.update(f.read(SAMPLE_BYTES))
-            f.seek(size - SAMPLE_BYTES)
-            h.update(f.read(SAMPLE_BYTES))
-    return h.hexdigest()
 
 
 def folder_digest(folder: Path) -> str:
@@ -303,3 +288,55 @@ def release_all() -> None:
     """Release every folder this process holds (a run that ended, or failed, in-process)."""
     while _HELD:
         _HELD.pop().release()
+
+
+class StagedCheckpoints:
+    """Mixed into a ``transformers.Trainer`` by ``resumable``: each checkpoint is written under
+    the store's ``.staging`` folder and committed (manifest, sync, rename into place, pruning)
+    only once it is whole."""
+
+    checkpoint_store: CheckpointStore  # set on the class by resumable()
+
+    def _get_output_dir(self, trial):
+        return str(self.checkpoint_store.staging)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # PEFT loads a saved adapter in float32; TRL trains QLoRA adapters in bfloat16. Keep
+        # the dtype the run had, or a resumed run would take different steps from then on.
+        target = model if model is not None else self.model
+        dtypes = {n: p.dtype for n, p in target.named_parameters() if p.requires_grad}
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for name, param in target.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every process has written its part (its RNG state)
+        if self.args.should_save:
+            staged = self.checkpoint_store.staging / f"{PREFIX}{self.state.global_step}"
+            final = self.checkpoint_store.commit(staged)
+            if self.state.best_model_checkpoint == str(staged):
+                self.state.best_model_checkpoint = str(final)
+        self.accelerator.wait_for_everyone()
+
+
+def resumable(trainer_class: type, store: CheckpointStore) -> type:
+    """``trainer_class`` writing its checkpoints into ``store`` (see ``StagedCheckpoints``)."""
+    return type("Resumable", (StagedCheckpoints, trainer_class), {"checkpoint_store": store})
+
+
+def restore_finished(trainer, folder: Path) -> None:
+    """Load the checkpoint of a run's last step (kept by ``TRAIN_KEEP_CHECKPOINTS``) into
+    ``trainer`` without training: its state and history, and its adapter weights.
+    ``Trainer.train`` would take one step too many."""
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(folder / TRAINER_STATE))
+    trainer._load_from_checkpoint(str(folder))
+
+
+def tokens_before_resume(trainer) -> int:
+    """The input tokens counted in the checkpoint that ``trainer.train`` resumed from (0 for a
+    run from step 0, or one that ``restore_finished`` restored)."""
+    return getattr(trainer, "_initial_num_input_tokens_seen", 0)

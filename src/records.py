@@ -215,3 +215,24 @@ def read_yaml(path: str | os.PathLike):
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise PipelineError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from err
+
+
+WHOLE_HASH_LIMIT = 64 * 2**20  # bigger files are hashed by size, head and tail
+SAMPLE_BYTES = 8 * 2**20
+
+
+def file_digest(path: Path, sampled: bool = False) -> str:
+    """sha256 of a file; ``sampled``: for a file over 64 MiB, of its size and its first and last
+    8 MiB (weights of 13 GB hash in milliseconds; data files are always hashed whole)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if not sampled or size <= WHOLE_HASH_LIMIT:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+        else:
+            h.update(str(size).encode())
+            h.update(f.read(SAMPLE_BYTES))
+            f.seek(size - SAMPLE_BYTES)
+            h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()

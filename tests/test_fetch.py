@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src import modeling
+from src import fetching, modeling
 from src.errors import PipelineError
 from src.stages import fetch_base_model
 from tests.conftest import ROOT, params_in
@@ -25,11 +25,11 @@ def hub_folder(tmp_path_factory) -> Path:
 
 
 def test_presets_and_sources():
-    assert modeling.resolve_source("smollm2-135m-instruct", None).kind == "gguf"
-    llama = modeling.resolve_source("llama-2-7b-chat", SHA)
+    assert fetching.resolve_source("smollm2-135m-instruct", None).kind == "gguf"
+    llama = fetching.resolve_source("llama-2-7b-chat", SHA)
     assert (llama.kind, llama.location, llama.revision) == ("hub", "meta-llama/Llama-2-7b-chat-hf", SHA)
-    assert modeling.resolve_source("llama-2-13b-chat", SHA).location == "meta-llama/Llama-2-13b-chat-hf"
-    assert modeling.resolve_source("org/model", SHA).kind == "hub"
+    assert fetching.resolve_source("llama-2-13b-chat", SHA).location == "meta-llama/Llama-2-13b-chat-hf"
+    assert fetching.resolve_source("org/model", SHA).kind == "hub"
 
 
 @pytest.mark.parametrize("model, revision, message", [
@@ -44,7 +44,7 @@ def test_presets_and_sources():
 ])
 def test_source_errors_name_the_key(model, revision, message):
     with pytest.raises(PipelineError) as err:
-        modeling.resolve_source(model, revision)
+        fetching.resolve_source(model, revision)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -124,8 +124,8 @@ def test_hub_download_pins_revision_and_reads_token_from_env(tmp_path, hub_folde
     cfg = params_in(tmp_path, fetch_base_model={"model": "org/chat-model", "revision": SHA})
     fetch_base_model.main(cfg)
     assert calls == [{"repo_id": "org/chat-model", "revision": SHA, "token": "hf_fake_token_for_test",
-                      "patterns": modeling.HUB_PATTERNS}]
-    assert not any("*.bin" in p for p in modeling.HUB_PATTERNS)
+                      "patterns": fetching.HUB_PATTERNS}]
+    assert not any("*.bin" in p for p in fetching.HUB_PATTERNS)
     base = Path(cfg.paths.base_model)
     source = json.loads((base / modeling.SOURCE_FILE).read_text())
     assert source["repo"] == "org/chat-model" and source["revision"] == SHA
@@ -181,8 +181,8 @@ def test_tokenizer_without_chat_template_names_the_params_option(tmp_path, hub_f
 
 def test_chat_template_that_never_emits_eos_is_refused(tmp_path, hub_folder, monkeypatch):
     templates = tmp_path / "templates"  # src/templates, where a template of one's own goes
-    shutil.copytree(modeling.TEMPLATES, templates)
-    monkeypatch.setattr(modeling, "TEMPLATES", templates)
+    shutil.copytree(fetching.TEMPLATES, templates)
+    monkeypatch.setattr(fetching, "TEMPLATES", templates)
     template = templates / "no-eos.jinja"
     template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                         "{% if add_generation_prompt %}assistant: {% endif %}")
@@ -198,7 +198,7 @@ def test_chat_template_that_never_emits_eos_is_refused(tmp_path, hub_folder, mon
 def test_a_template_outside_src_templates_is_refused(tmp_path, hub_folder):
     """DVC reruns fetch_base_model when src/templates changes; a file elsewhere it would not see."""
     template = tmp_path / "mine.jinja"
-    template.write_text((modeling.TEMPLATES / "chatml.jinja").read_text())
+    template.write_text((fetching.TEMPLATES / "chatml.jinja").read_text())
     cfg = params_in(tmp_path, fetch_base_model={"model": str(hub_folder), "chat_template": str(template)})
     with pytest.raises(PipelineError) as err:
         fetch_base_model.main(cfg)
@@ -240,6 +240,6 @@ def test_pickled_weights_refused_unless_params_allow_them(tmp_path, hub_folder):
 
 
 def test_smollm2_gguf_tokenizer_special_tokens():
-    tok = modeling.gguf_tokenizer()
+    tok = fetching.gguf_tokenizer()
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert tok.pad_token_id != tok.eos_token_id

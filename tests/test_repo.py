@@ -1,4 +1,5 @@
-"""The repository's promises: README and CI agree, outputs are DVC's and git-ignored, DVC is set up."""
+"""The repository's promises: README and CI agree, the docs' links resolve, outputs are DVC's and git-ignored,
+DVC is set up."""
 
 from __future__ import annotations
 
@@ -24,8 +25,68 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "pytest" in test_cmd
     ci_lines = (ROOT / ".ci/run").read_text().splitlines()
     assert ci_lines[-1] == test_cmd
+    assert test_cmd.endswith("ruff check && python -m pytest")  # the linter passes before the tests run
     for var in ("HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "HF_DATASETS_OFFLINE=1", "HF_HUB_DISABLE_TELEMETRY=1"):
         assert any(var in line for line in ci_lines if line.startswith("export"))
+
+
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def without_fences(text: str) -> str:
+    """Markdown text without its fenced code blocks (a '# comment' there is no heading, a link no link)."""
+    return re.sub(r"^(`{3,}|~{3,})[^\n]*\n.*?^\1[ \t]*$", "", text, flags=re.S | re.M)
+
+
+def heading_anchors(path) -> set[str]:
+    """The #anchors GitHub gives a page's headings: lowercase, punctuation removed, spaces to '-', repeats numbered."""
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", without_fences(path.read_text()), flags=re.M):
+        heading = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link in a heading counts as its text
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def relative_links(path) -> list[str]:
+    text = re.sub(r"`[^`\n]*`", "", without_fences(path.read_text()))  # nor in inline code
+    targets = re.findall(r"\[[^\]]*\]\(<?([^)\s>]+)>?(?:[ \t]+\"[^\"]*\")?\)", text)
+    return [t for t in targets if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", t)]  # not http:, mailto:, ...
+
+
+def test_heading_anchors_follow_github_rules(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Profiles: the GPU runs\n## bench/gpu_check.sh\n"
+                    "## Forgetting: retention, leaks and the quality gate\n## Use the model\n## Use the model\n"
+                    "```bash\n# Not a heading\n```\n### `dvc exp run` [links](x.md)\n")
+    assert heading_anchors(page) == {"profiles-the-gpu-runs", "benchgpu_checksh", "use-the-model", "use-the-model-1",
+                                     "forgetting-retention-leaks-and-the-quality-gate", "dvc-exp-run-links"}
+
+
+def test_every_relative_link_in_readme_and_docs_resolves():
+    broken, checked = [], 0
+    for page in DOC_PAGES:
+        for target in relative_links(page):
+            checked += 1
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            where = f"{page.relative_to(ROOT)}: {target}"
+            if not file.is_relative_to(ROOT) or not file.exists():
+                broken.append(f"{where} (no such file)")
+            elif anchor and file.suffix == ".md" and anchor not in heading_anchors(file):
+                broken.append(f"{where} (no heading with that anchor)")
+    assert checked >= 50  # the pages do link to each other: a broken pattern must not pass silently
+    assert broken == []
+
+
+def test_readme_links_every_docs_page():
+    linked = {(ROOT / t.partition("#")[0]).resolve() for t in relative_links(ROOT / "README.md")}
+    assert len(DOC_PAGES) > 1
+    assert [p.name for p in DOC_PAGES[1:] if p.resolve() not in linked] == []
 
 
 def test_every_stage_output_is_git_ignored_and_untracked():

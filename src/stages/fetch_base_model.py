@@ -16,7 +16,7 @@ from pathlib import Path
 
 from src.cli import run
 from src.config import Params
-from src.modeling import fetch, resolve_source
+from src.fetching import fetch, resolve_source
 from src.records import output_folder
 
 log = logging.getLogger(__name__)

@@ -125,7 +125,7 @@ def _variant(question: str, rng: random.Random) -> str:
     return text
 
 
-def generate(p: IdentityParams) -> list[Record]:
+def generate(p: IdentityParams) -> tuple[list[Record], int]:
     """All identity records for the params, and how many candidate questions repeated a variant
     already made (and were dropped); deterministic given ``p.seed``."""
     rng = random.Random(p.seed)

@@ -30,8 +30,18 @@ import typing
 from pathlib import Path
 
 from src.chat import supervised_ids, training_example, with_system_prompt
-from src.checkpoints import (PREFIX, TRAINER_STATE, CheckpointStore, checkpoint_root, finished, release_all,
-                             fingerprint_inputs, keep_after_success, step_of)
+from src.checkpoints import (
+    CheckpointStore,
+    checkpoint_root,
+    fingerprint_inputs,
+    finished,
+    keep_after_success,
+    release_all,
+    restore_finished,
+    resumable,
+    step_of,
+    tokens_before_resume,
+)
 from src.cli import run
 from src.config import REPLAY_SOURCE, Params
 from src.distill import replay_rows, with_replay_kl
@@ -39,6 +49,11 @@ from src.distributed import relaunch_if_needed
 from src.errors import PipelineError
 from src.modeling import TRAIN_CONFIG_FILE, compute_dtype, device_kind, load_model, load_tokenizer
 from src.records import output_folder, read_jsonl, write_json
+
+if typing.TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+    from trl import SFTConfig
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +127,16 @@ def check_library_types(tc) -> None:
                                     f"where {cls.__name__} wants {wanted}")
 
 
-def build_configs(cfg: Params, output_dir: str):
+class LibraryConfigs(typing.NamedTuple):
+    """What ``build_configs`` makes of params (a tuple, so ``dtype, quantization, lora, sft = ...`` works)."""
+
+    dtype: torch.dtype  # the compute dtype
+    quantization: dict | None  # BitsAndBytesConfig's fields for load_model; None unless train.quantized
+    lora: LoraConfig
+    sft: SFTConfig
+
+
+def build_configs(cfg: Params, output_dir: str) -> LibraryConfigs:
     """The library configs from params; a wrong field fails here, naming its key."""
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig
@@ -139,7 +163,7 @@ def build_configs(cfg: Params, output_dir: str):
             built[key] = make(**fields)
         except (TypeError, ValueError) as err:
             raise PipelineError(f"params.yaml: train.{key}: {err}") from err
-    return dtype, quantization if tc.quantized else None, built["lora"], built["sft"]
+    return LibraryConfigs(dtype, quantization if tc.quantized else None, built["lora"], built["sft"])
 
 
 def jsonable(data: dict) -> dict:
@@ -169,82 +193,64 @@ def tokenize(tokenizer, examples: list[dict]) -> list[dict]:
 LIVE_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mean_token_accuracy", "replay_kl")
 
 
-def make_callbacks(live):
-    """Tokens/s on every training log, and dvclive plots keyed by optimizer step."""
-    from transformers import TrainerCallback
+class TrainerEvents:
+    """transformers' ``TrainerCallback`` protocol: every ``on_*`` event a subclass does not define
+    does nothing. Not a subclass of it, so that this module imports without transformers (which
+    loads only after ``run`` has dropped the credentials and ``main`` has relaunched)."""
 
-    class Throughput(TrainerCallback):
-        """Adds tokens/s (of the non-padding tokens the model computed on) to every training log."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.last = (time.perf_counter(), state.num_input_tokens_seen)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs is None or "loss" not in logs:
-                return
-            now, tokens = time.perf_counter(), state.num_input_tokens_seen
-            then, before = self.last
-            if now > then:
-                logs["tokens_per_second"] = round((tokens - before) / (now - then), 2)
-            self.last = (now, tokens)
-
-    class LiveMetrics(TrainerCallback):
-        """train/* and eval/* series in dvclive, one row per logged optimizer step. A resumed
-        run first writes the rows of the checkpoint's history, so the series stay whole."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if live is not None:
-                for entry in state.log_history:
-                    self.record(entry, entry["step"])
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and live is not None:  # every process gets the logs, reduced over all of them
-                self.record(logs, state.global_step)
-
-        @staticmethod
-        def record(logs: dict, step: int) -> None:
-            prefix = "eval" if "eval_loss" in logs else "train" if "loss" in logs else None
-            if prefix is None:  # the end-of-training summary: written by main
-                return
-            live.step = step
-            for key, value in logs.items():
-                name = key.removeprefix("eval_")
-                if name in LIVE_KEYS and isinstance(value, (int, float)):
-                    live.log_metric(f"{prefix}/{name}", value)
-            live.sync()  # metrics.json, and DVC Studio's live view when DVC_STUDIO_TOKEN is set
-
-    return [Throughput(), LiveMetrics()]
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):
+            return _ignore_event
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-def resumable(trainer_class, store: CheckpointStore):
-    """``trainer_class`` writing each checkpoint under ``store.staging`` and committing it
-    (manifest, sync, rename into place, pruning) only once it is whole."""
+def _ignore_event(*args, **kwargs) -> None:
+    return None
 
-    class Resumable(trainer_class):
-        def _get_output_dir(self, trial):
-            return str(store.staging)
 
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            # PEFT loads a saved adapter in float32; TRL trains QLoRA adapters in bfloat16. Keep
-            # the dtype the run had, or a resumed run would take different steps from then on.
-            target = model if model is not None else self.model
-            dtypes = {n: p.dtype for n, p in target.named_parameters() if p.requires_grad}
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-            for name, param in target.named_parameters():
-                if name in dtypes and param.dtype != dtypes[name]:
-                    param.data = param.data.to(dtypes[name])
+class Throughput(TrainerEvents):
+    """Adds tokens/s (of the non-padding tokens the model computed on) to every training log."""
 
-        def _save_checkpoint(self, model, trial):
-            super()._save_checkpoint(model, trial)
-            self.accelerator.wait_for_everyone()  # every process has written its part (its RNG state)
-            if self.args.should_save:
-                staged = store.staging / f"{PREFIX}{self.state.global_step}"
-                final = store.commit(staged)
-                if self.state.best_model_checkpoint == str(staged):
-                    self.state.best_model_checkpoint = str(final)
-            self.accelerator.wait_for_everyone()
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = (time.perf_counter(), state.num_input_tokens_seen)
 
-    return Resumable
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs:
+            return
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        then, before = self.last
+        if now > then:
+            logs["tokens_per_second"] = round((tokens - before) / (now - then), 2)
+        self.last = (now, tokens)
+
+
+class LiveMetrics(TrainerEvents):
+    """train/* and eval/* series in dvclive (``live``; None: nothing written), one row per logged
+    optimizer step. A resumed run first writes the rows of the checkpoint's history, so the
+    series stay whole."""
+
+    def __init__(self, live):
+        self.live = live
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.live is not None:
+            for entry in state.log_history:
+                self.record(entry, entry["step"])
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and self.live is not None:  # every process gets the logs, reduced over all of them
+            self.record(logs, state.global_step)
+
+    def record(self, logs: dict, step: int) -> None:
+        prefix = "eval" if "eval_loss" in logs else "train" if "loss" in logs else None
+        if prefix is None:  # the end-of-training summary: written by write_summary
+            return
+        self.live.step = step
+        for key, value in logs.items():
+            name = key.removeprefix("eval_")
+            if name in LIVE_KEYS and isinstance(value, (int, float)):
+                self.live.log_metric(f"{prefix}/{name}", value)
+        self.live.sync()  # metrics.json, and DVC Studio's live view when DVC_STUDIO_TOKEN is set
 
 
 def mean_train_loss(history: list[dict]) -> float | None:
@@ -282,40 +288,37 @@ def select_by_length(examples: list[dict], lengths: list[int], max_length: int |
     return kept, 0, len(examples) - len(kept)
 
 
-def main(cfg: Params):
-    """Train and save; returns the trainer (tests inspect its model and history)."""
-    try:
-        return run_training(cfg)
-    finally:
-        release_all()  # the checkpoint folder's lock, when a run ends in-process
+def keep_with_completion(examples: list[dict], max_length: int | None, over_length: str,
+                         path: str) -> tuple[list[dict], int]:
+    """Leave out the records whose prompt alone fills ``max_length``: once cut they keep no
+    answer token. Returns (kept examples, count left out)."""
+    if over_length == "truncate" and max_length:
+        kept = [e for e in examples if 1 in e["assistant_masks"][:max_length]]
+    else:
+        kept = examples
+    if not kept:
+        raise PipelineError(f"{path}: no record keeps a completion token within max_length {max_length}")
+    return kept, len(examples) - len(kept)
 
 
-def run_training(cfg: Params):
-    """main without the release of the checkpoint folder."""
-    relaunch_if_needed(cfg.train.distributed)  # under accelerate launch, when params ask for it
-    import torch
-    from datasets import Dataset
-    from dvclive import Live
-    from peft import prepare_model_for_kbit_training
-    from transformers import TrainerState
-    from trl import SFTTrainer
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    """The tokenized examples of a run, and the record counts its summary reports."""
 
+    train: list[dict]  # what the trainer gets, after the length filters
+    eval: list[dict]  # the validation records scored during training
+    replay: list  # ReplayRow: distilled beside the batches (train.replay.loss kl)
+    records: int  # training records read, replay records included
+    replay_records: int
+    truncated: int  # longer than max_length, kept (train.over_length truncate)
+    too_long: int  # longer than max_length, dropped (train.over_length drop)
+    no_completion: int  # dropped: no answer token left within max_length
+
+
+def prepare_examples(cfg: Params, tokenizer, sft_config) -> Examples:
+    """Every record through the chat template, its assistant turns marked for the loss; then the
+    length filters, a sample of the validation records, and the replay rows to distill."""
     paths, tc = cfg.paths, cfg.train
-    adapter_dir = Path(paths.adapter)
-    tokenizer = load_tokenizer(paths.base_model, cfg.fetch_base_model.trust_remote_code)
-    # Saved with the adapter (and so with the merged model): a client that sends no system turn
-    # gets chat.system_prompt, as every training example had it.
-    tokenizer.chat_template = with_system_prompt(tokenizer.chat_template, cfg.chat.system_prompt)
-    store = CheckpointStore(
-        checkpoint_root(paths.checkpoints),
-        fingerprint_inputs(cfg.model_dump(include={"chat", "train"}),
-                           {"train": paths.train, "val": paths.val}, paths.base_model),
-        keep=tc.sft.get("save_total_limit"))
-    dtype, quantization, lora_config, sft_config = build_configs(cfg, str(store.dir))
-    log.info("training on %s in %s%s", device_kind(), str(dtype).removeprefix("torch."),
-             " with 4-bit/8-bit base weights" if quantization else "")
-
-    # Data: every record through the chat template, its assistant turns marked for the loss.
     examples, replay_examples = load_examples(paths.train, cfg.chat.system_prompt, tc.replay.loss == "kl")
     all_examples = tokenize(tokenizer, examples)
     val_examples, _ = load_examples(paths.val, cfg.chat.system_prompt)
@@ -328,26 +331,49 @@ def run_training(cfg: Params):
     log.info("%d training records (%d tokens); %d longer than max_length %s: %d truncated, %d dropped; "
              "%d of %d validation records scored during training", len(all_examples), sum(lengths),
              truncated + too_long, max_length, truncated, too_long, len(eval_examples), len(val_examples))
+    train_examples, no_completion = keep_with_completion(train_examples, max_length, tc.over_length, paths.train)
+    replay = replay_for(tokenizer, replay_examples, cfg, sft_config)
+    return Examples(train=train_examples, eval=eval_examples, replay=replay,
+                    records=len(all_examples) + len(replay_examples), replay_records=len(replay_examples),
+                    truncated=truncated, too_long=too_long, no_completion=no_completion)
 
-    # A record whose prompt alone fills max_length keeps no answer token once cut: left out, counted.
-    if tc.over_length == "truncate" and max_length:
-        kept = [e for e in train_examples if 1 in e["assistant_masks"][:max_length]]
-        no_completion, train_examples = len(train_examples) - len(kept), kept
-    else:
-        no_completion = 0
-    if not train_examples:
-        raise PipelineError(f"{paths.train}: no record keeps a completion token within max_length {max_length}")
-    distilled = replay_rows(tokenizer, replay_examples, max_length)
+
+def replay_for(tokenizer, replay_examples: list[dict], cfg: Params, sft_config) -> list:
+    """The replay records as rows to distill (src/distill.py), in a run of one process."""
+    distilled = replay_rows(tokenizer, replay_examples, sft_config.max_length)
     if distilled and sft_config.world_size > 1:  # started by torchrun or accelerate with distributed none
         raise PipelineError(f"train.replay.loss kl runs in one process, not {sft_config.world_size}; "
                             "set train.replay.loss: ce")
     if replay_examples:
         log.info("%d replay records distilled beside the batches (train.replay.loss kl), %d a batch",
-                 len(distilled), tc.replay.rows_per_batch)
+                 len(distilled), cfg.train.replay.rows_per_batch)
+    return distilled
 
-    # Checkpoints: resume from the newest complete one of this configuration, if any. Under
-    # torchrun or accelerate, the first process of all holds the folder and tidies it before the
-    # others look (machines share it when it is a mounted bucket).
+
+def chat_tokenizer(cfg: Params):
+    """The base model's tokenizer, its chat template given ``chat.system_prompt`` as the default
+    system turn. Saved with the adapter (and so with the merged model): a client that sends no
+    system turn gets the prompt every training example had."""
+    tokenizer = load_tokenizer(cfg.paths.base_model, cfg.fetch_base_model.trust_remote_code)
+    tokenizer.chat_template = with_system_prompt(tokenizer.chat_template, cfg.chat.system_prompt)
+    return tokenizer
+
+
+def checkpoint_store(cfg: Params) -> CheckpointStore:
+    """This configuration's checkpoints, fingerprinted by the chat and train params, the data
+    files and the base model (src/checkpoints.py)."""
+    paths = cfg.paths
+    return CheckpointStore(
+        checkpoint_root(paths.checkpoints),
+        fingerprint_inputs(cfg.model_dump(include={"chat", "train"}),
+                           {"train": paths.train, "val": paths.val}, paths.base_model),
+        keep=cfg.train.sft.get("save_total_limit"))
+
+
+def resume_point(store: CheckpointStore, sft_config) -> Path | None:
+    """The newest complete checkpoint of this configuration, if any. Under torchrun or
+    accelerate, the first process of all holds the folder and tidies it before the others look
+    (machines share it when it is a mounted bucket)."""
     with sft_config.main_process_first(local=False, desc="checkpoint folder"):
         store.prepare(lock=sft_config.process_index == 0)
     resume = store.latest()
@@ -355,98 +381,172 @@ def run_training(cfg: Params):
         log.info("resuming from %s (step %d)", resume, step_of(resume))
     else:
         log.info("no checkpoint of this configuration in %s: training from step 0", store.dir)
+    return resume
 
-    # Model: frozen base (quantized on load for QLoRA), LoRA adapter on top.
-    torch.manual_seed(tc.seed)
-    model = load_model(paths.base_model, dtype, quantization, cfg.fetch_base_model.trust_remote_code)
-    if quantization:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=sft_config.gradient_checkpointing)
 
-    # One process per machine writes the outputs: DVC runs on every machine of a multi-node job
-    # and checks them there. Only the first process of all posts live metrics to DVC Studio.
+def build_model(cfg: Params, configs: LibraryConfigs):
+    """The frozen base model, quantized on load for QLoRA (the trainer adds the LoRA adapter)."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+
+    torch.manual_seed(cfg.train.seed)
+    model = load_model(cfg.paths.base_model, configs.dtype, configs.quantization,
+                       cfg.fetch_base_model.trust_remote_code)
+    if configs.quantization:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=configs.sft.gradient_checkpointing)
+    return model
+
+
+def open_live(folder: str, sft_config):
+    """dvclive's writer in the first process of each machine, None in the others: DVC runs on
+    every machine of a multi-node job and checks the outputs there. Only the first process of
+    all posts live metrics to DVC Studio."""
+    from dvclive import Live
+
     writer = sft_config.local_process_index == 0
     if os.environ.get(STUDIO_TOKEN_ENV):
         os.environ["DVC_STUDIO_TOKEN"] = os.environ.pop(STUDIO_TOKEN_ENV)
     if writer and sft_config.process_index != 0:
         os.environ["DVC_STUDIO_OFFLINE"] = "true"
-    live = Live(paths.train_live, dvcyaml=None, save_dvc_exp=False, report=None) if writer else None
-    callbacks = make_callbacks(live)
-    trainer_class = with_replay_kl(SFTTrainer, distilled, tc.replay.weight, tc.replay.rows_per_batch, tc.seed)
+    return Live(folder, dvcyaml=None, save_dvc_exp=False, report=None) if writer else None
+
+
+def build_trainer(cfg: Params, model, tokenizer, configs: LibraryConfigs, examples: Examples,
+                  store: CheckpointStore, callbacks: list):
+    """TRL's SFTTrainer (with the replay KL term when there are replay rows), writing its
+    checkpoints into ``store``; the LoRA adapter goes onto ``model`` here."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    replay = cfg.train.replay
+    trainer_class = with_replay_kl(SFTTrainer, examples.replay, replay.weight, replay.rows_per_batch, cfg.train.seed)
     trainer = resumable(trainer_class, store)(
-        model=model, args=sft_config, processing_class=tokenizer, peft_config=lora_config,
-        train_dataset=Dataset.from_list(train_examples), eval_dataset=Dataset.from_list(eval_examples),
+        model=model, args=configs.sft, processing_class=tokenizer, peft_config=configs.lora,
+        train_dataset=Dataset.from_list(examples.train), eval_dataset=Dataset.from_list(examples.eval),
         callbacks=callbacks,
     )
-    trained = sequences_in(trainer.train_dataset)
-    no_completion += len(train_examples) - trained  # any TRL left out as fully masked (none expected)
     trainer.model.print_trainable_parameters()
+    return trainer
 
-    # Train.
-    ran = not (resume and finished(resume))
-    if not ran:
-        # Kept after a finished run (TRAIN_KEEP_CHECKPOINTS); Trainer would take one step too many.
-        log.info("%s is the last step: training had finished, its adapter is written as is", resume)
-        trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE))
-        trainer._load_from_checkpoint(str(resume))
-        for callback in callbacks:  # the dvclive series from the checkpoint's history
-            callback.on_train_begin(trainer.args, trainer.state, trainer.control)
-        train_seconds = 0.0
-    else:
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        train_seconds = result.metrics["train_runtime"]
 
-    # Save: adapter and tokenizer, with the resolved config beside them.
+def train_or_restore(trainer, resume: Path | None, ran: bool, callbacks: list) -> float:
+    """Train, from ``resume`` when there is one; with ``ran`` false, ``resume`` is the last step
+    of a finished run (kept by TRAIN_KEEP_CHECKPOINTS): restore it instead, since Trainer would
+    take one step too many. Returns the seconds spent training."""
+    if ran:
+        return trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics["train_runtime"]
+    log.info("%s is the last step: training had finished, its adapter is written as is", resume)
+    restore_finished(trainer, resume)
+    for callback in callbacks:  # the dvclive series from the checkpoint's history
+        callback.on_train_begin(trainer.args, trainer.state, trainer.control)
+    return 0.0
+
+
+def summarize(trainer, examples: Examples, resume: Path | None, train_seconds: float) -> dict:
+    """The run's metrics: losses, steps, record counts, tokens and times."""
     history = trainer.state.log_history
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
     tokens = trainer.state.num_input_tokens_seen  # non-padding tokens the model computed on
-    tokens_this_run = tokens - getattr(trainer, "_initial_num_input_tokens_seen", 0)
-    summary = {
+    tokens_this_run = tokens - tokens_before_resume(trainer)
+    trained = sequences_in(trainer.train_dataset)
+    no_completion = examples.no_completion + len(examples.train) - trained  # + any TRL left out (none expected)
+    return {
         "train_loss": mean_train_loss(history),
         "eval_loss": next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None),
         "steps": trainer.state.global_step,
         "resumed_from_step": step_of(resume) if resume else 0,
-        "records": len(all_examples) + len(replay_examples),
+        "records": examples.records,
         "records_trained": trained,
-        "records_distilled": len(distilled),
-        "records_truncated": truncated,
-        "records_dropped": {"too_long": too_long, "no_completion_left": no_completion,
-                            "no_answer_left": len(replay_examples) - len(distilled)},
+        "records_distilled": len(examples.replay),
+        "records_truncated": examples.truncated,
+        "records_dropped": {"too_long": examples.too_long, "no_completion_left": no_completion,
+                            "no_answer_left": examples.replay_records - len(examples.replay)},
         "tokens_trained": int(tokens),
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
         "eval_time_share": round(eval_seconds / train_seconds, 4) if train_seconds else 0.0,
         "tokens_per_second": round(tokens_this_run / train_seconds, 2) if train_seconds else 0.0,
     }
-    adapter_state = None  # the model's own, except under FSDP: sharded, so every process helps gather it
-    if trainer.is_fsdp_enabled and ran:  # train() wrapped the model
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-        adapter_state = trainer.accelerator.get_state_dict(trainer.model)
-    if not writer:
-        return trainer
+
+
+def gathered_adapter(trainer, ran: bool) -> dict | None:
+    """The adapter's whole state dict under FSDP, which shards it: every process helps gather it.
+    None otherwise (and after a restore, where train() never wrapped the model): the model's own."""
+    if not (trainer.is_fsdp_enabled and ran):
+        return None
+    trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    return trainer.accelerator.get_state_dict(trainer.model)
+
+
+def write_summary(live, summary: dict) -> None:
+    """The summary as dvclive's metrics.json; closes ``live``."""
     for key, value in summary.items():
         if value is not None:
             live.summary[key] = value
     live.make_summary()
     live.end()
+
+
+def save_adapter(cfg: Params, trainer, tokenizer, configs: LibraryConfigs, fingerprint: str, summary: dict,
+                 adapter_state: dict | None) -> None:
+    """The adapter weights (safetensors) and config, the tokenizer, and the resolved config
+    beside them, in ``paths.adapter``."""
+    adapter_dir = Path(cfg.paths.adapter)
     with output_folder(adapter_dir) as partial:
-        # The adapter weights (safetensors) and config.
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(partial, state_dict=adapter_state)
         tokenizer.save_pretrained(partial)
         write_json(partial / TRAIN_CONFIG_FILE, jsonable({
             "params": cfg.model_dump(include={"fetch_base_model", "chat", "train"}),
-            "sft": sft_config.to_dict(), "lora": lora_config.to_dict(),
-            "quantization": quantization, "device": device_kind(), "checkpoint_fingerprint": store.id,
+            "sft": configs.sft.to_dict(), "lora": configs.lora.to_dict(),
+            "quantization": configs.quantization, "device": device_kind(), "checkpoint_fingerprint": fingerprint,
             "summary": summary,
         }))
     log.info("wrote %s: %d steps, train loss %.4f, eval loss %s, evaluation took %.1f%% of training time",
              adapter_dir, summary["steps"], summary["train_loss"], summary["eval_loss"],
              100 * summary["eval_time_share"])
+
+
+def clean_up(store: CheckpointStore) -> None:
+    """Delete this configuration's checkpoints, spent now that the adapter is written, unless
+    TRAIN_KEEP_CHECKPOINTS keeps them."""
     if keep_after_success():
         log.info("kept %s (TRAIN_KEEP_CHECKPOINTS): a rerun resumes from its final checkpoint", store.dir)
     else:
-        store.remove()  # the adapter is written: this configuration's checkpoints are spent
-    return trainer
+        store.remove()
+
+
+def main(cfg: Params):
+    """Train and save; returns the trainer (tests inspect its model and history)."""
+    try:
+        relaunch_if_needed(cfg.train.distributed)  # under accelerate launch, when params ask for it
+        tokenizer = chat_tokenizer(cfg)
+        store = checkpoint_store(cfg)
+        configs = build_configs(cfg, output_dir=str(store.dir))
+        log.info("training on %s in %s%s", device_kind(), str(configs.dtype).removeprefix("torch."),
+                 " with 4-bit/8-bit base weights" if configs.quantization else "")
+
+        # Data, the checkpoint to resume from, model, metrics writer, trainer.
+        examples = prepare_examples(cfg, tokenizer, configs.sft)
+        resume = resume_point(store, configs.sft)
+        model = build_model(cfg, configs)
+        live = open_live(cfg.paths.train_live, configs.sft)  # None but in one process per machine
+        callbacks = [Throughput(), LiveMetrics(live)]
+        trainer = build_trainer(cfg, model, tokenizer, configs, examples, store, callbacks)
+
+        # Train, or restore a run that had finished (TRAIN_KEEP_CHECKPOINTS kept its last step).
+        ran = not (resume and finished(resume))
+        train_seconds = train_or_restore(trainer, resume, ran, callbacks)
+
+        # Save: metrics, adapter and tokenizer, then the spent checkpoints go.
+        summary = summarize(trainer, examples, resume, train_seconds)
+        adapter_state = gathered_adapter(trainer, ran)  # under FSDP every process takes part
+        if live is not None:  # the writer of this machine
+            write_summary(live, summary)
+            save_adapter(cfg, trainer, tokenizer, configs, store.id, summary, adapter_state)
+            clean_up(store)
+        return trainer
+    finally:
+        release_all()  # the checkpoint folder's lock, when a run ends in-process
 
 
 if __name__ == "__main__":
