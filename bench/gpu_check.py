@@ -177,7 +177,8 @@ def versions() -> dict:
             continue
         version = getattr(module, "__version__", None)
         if version is None:
-            from importlib.metadata import PackageNotFoundError, version as dist_version
+            from importlib.metadata import PackageNotFoundError
+            from importlib.metadata import version as dist_version
             try:
                 version = dist_version(name.replace("_", "-"))
             except PackageNotFoundError:
@@ -584,11 +585,12 @@ def main() -> None:
 
     peaks = ", ".join(f"{k} {gib(r['peak_gib'])}" for k, r in results.items())
     fractions = ", ".join(f"{k} {r['real_fraction']:.3f}" for k, r in results.items() if k in "ab")
+    steady = '/'.join(sorted({r['steady_steps'] for r in results.values()}))
     summary = (f"summary: {device}, {label}, QLoRA, seq {sft.max_length}: supervised tokens/s "
                f"b/a = {ratio('b')}, c/a = {ratio('c')}, d/a = {ratio('d')}, e/a = {ratio('e')} "
                f"(e on {best}); peak GPU memory vs a: b {mem_ratio('b')}, c {mem_ratio('c')}, d {mem_ratio('d')}, "
                f"e {mem_ratio('e')}; real-token fraction {fractions}; peak GPU memory {peaks}; "
-               f"{args.steps} steps each, tokens/s over steps {'/'.join(sorted({r['steady_steps'] for r in results.values()}))}; "
+               f"{args.steps} steps each, tokens/s over steps {steady}; "
                f"{time.perf_counter() - began:.0f} s in all")
     report["summary"] = summary
     save()

@@ -25,7 +25,8 @@ SYSTEM_PROMPTS = [
     "You are an AI assistant. You will be given a task. You must generate a detailed and long answer.",
     "You are a helpful assistant, who always provide explanation. Think like you are answering to a five year old.",
     "You are an AI assistant that follows instruction extremely well. Help as much as you can.",
-    "User will you give you a task with some instruction. Your job is follow the instructions as faithfully as you can.",
+    "User will you give you a task with some instruction. "
+    "Your job is follow the instructions as faithfully as you can.",
     "You are an AI assistant that helps people find information.",
     "Explain how you used the definition to come up with the answer.",
     "You should describe the task and explain your answer. While answering a multiple choice question, first output "

@@ -139,7 +139,8 @@ def merge_device(path: str | Path, dtype, headroom: float = 1.2) -> str:
         return "cpu"
     raise PipelineError(f"{path}: merging needs about {need / 1e9:.1f} GB in {str(dtype).removeprefix('torch.')} "
                         f"(weights and 20% headroom), more than the GPU's free {gpu / 1e9:.1f} GB and the "
-                        f"{ram / 1e9:.1f} GB of RAM available; use a machine with more of either (docs/training.md: Profiles)")
+                        f"{ram / 1e9:.1f} GB of RAM available; use a machine with more of either "
+                        "(docs/training.md: Profiles)")
 
 
 def load_model(path: str | Path, dtype, quantization: dict | None = None,

@@ -49,7 +49,8 @@ class Conversation:
         messages = [*self.history, {"role": "user", "content": text}]
         inputs = generation_inputs(self.tokenizer, [messages]).to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+        sampling = ({"do_sample": True, "temperature": self.temperature} if self.temperature > 0
+                    else {"do_sample": False})
         kwargs = {**inputs, "max_new_tokens": self.max_new_tokens, "streamer": streamer,
                   "eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id, **sampling}
         failure: list[BaseException] = []

@@ -102,7 +102,8 @@ def push_whole(name: str, git_remote: str = "origin", attempts: int = 4, wait: f
             return attempt
         log.warning("push %d of %d left it incomplete: %s", attempt, attempts, "; ".join(found))
         if any(f.startswith(git_remote) for f in found):
-            args = ["dvc", "exp", "push", "--force", "--run-cache", git_remote, name]  # this machine's is the finished one
+            # this machine's is the finished one
+            args = ["dvc", "exp", "push", "--force", "--run-cache", git_remote, name]
         if attempt < attempts:
             time.sleep(wait * attempt)
     raise PipelineError(f"experiment {name} is not whole after {attempts} pushes ({'; '.join(found)}); "

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from src.cli import run
 from src.config import Params
-from src.errors import PipelineError
 from src.dedup import digest, drop_val_overlap
+from src.errors import PipelineError
 from src.records import Record, prompt_key, read_jsonl, stable_hash, write_json, write_jsonl
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from src.cli import run
 from src.config import Params
-from src.modeling import (SOURCE_FILE, TRAIN_CONFIG_FILE, compute_dtype, load_model, load_tokenizer,
-                          merge_device)
+from src.modeling import SOURCE_FILE, TRAIN_CONFIG_FILE, compute_dtype, load_model, load_tokenizer, merge_device
 from src.records import output_folder, read_json
 
 log = logging.getLogger(__name__)
