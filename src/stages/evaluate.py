@@ -31,6 +31,12 @@ Every answer goes to ``paths.evaluation_answers`` (JSON Lines) for a look by han
 count of evaluation and sanity prompts that occur in the training set to
 ``eval_prompts_in_train`` (0 unless someone trained on the test).
 
+``paths.evaluation`` opens with the headline, the first columns of ``dvc exp show``: the
+fine-tuned model's ``val_loss``, ``identity_accuracy``, ``identity_leak_rate``, ``retention``
+and ``eos_rate``, and training's ``train_tokens_per_s`` and ``train_minutes`` (from the train
+stage's metrics). Then each model's metrics under ``base`` and ``finetuned``, the counts, and
+``base_vs_finetuned``: the same per-model metrics as rows for ``dvc plots show``'s chart.
+
     python -m src.stages.evaluate
 """
 
@@ -53,7 +59,7 @@ from src.config import IdentityParams, Params
 from src.errors import PipelineError
 from src.generation import Answer, generate
 from src.modeling import device_kind, load_for_inference
-from src.records import Record, normalise, open_atomic, prompt_key, read_jsonl, read_yaml, write_json
+from src.records import Record, normalise, open_atomic, prompt_key, read_json, read_jsonl, read_yaml, write_json
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +178,22 @@ def leaks(question: str, answer: str, name: str, creator: str) -> bool:
     return any(mentions(answer, term) and not mentions(question, term) for term in (name, creator))
 
 
+SCORING_SFT_KEYS = ("max_length", "per_device_eval_batch_size")
+
+
 def validation_loss(model, tokenizer, examples: list[dict], cfg: Params) -> float:
     """Mean loss on the assistant turns, computed by TRL as during training."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    # the length limit and eval batch size training used: train.sft's when set, else TRL's own
+    # default, as SFTConfig(**train.sft) gives training (train.sft is free-form: no key is certain)
+    as_training = {key: cfg.train.sft[key] for key in SCORING_SFT_KEYS if key in cfg.train.sft}
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(output_dir=tmp, report_to="none", use_cpu=device_kind() == "cpu",
-                         bf16=False, fp16=False, max_length=cfg.train.sft.get("max_length", 1024),
-                         per_device_eval_batch_size=cfg.train.sft.get("per_device_eval_batch_size", 8))
-        data = Dataset.from_list([supervised_ids(tokenizer, e) for e in examples])  # TRL insists on a train set; nothing is trained
+                         bf16=False, fp16=False, **as_training)
+        # TRL insists on a train set; nothing is trained
+        data = Dataset.from_list([supervised_ids(tokenizer, e) for e in examples])
         trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                              train_dataset=data, eval_dataset=data)
         return float(trainer.evaluate()["eval_loss"])
@@ -217,7 +229,8 @@ def score(model_dir: str, cfg: Params, val: list[Record], unseen: list[IdentityC
     for kind, conversations in asked.items():
         by_kind[kind], start = answers[start:start + len(conversations)], start + len(conversations)
     others = other_terms(ident)
-    templates = [identity_correct(record_check(r, ident), a.text, others) for r, a in zip(identity, by_kind["identity"])]
+    templates = [identity_correct(record_check(r, ident), a.text, others)
+                 for r, a in zip(identity, by_kind["identity"])]
     worded = [identity_correct(c, a.text, others) for c, a in zip(unseen, by_kind["unseen"])]
     identity_answers = by_kind["identity"] + by_kind["unseen"]
     non_identity = [(p.question, a) for p, a in zip(probes, by_kind["probes"])]
@@ -266,20 +279,64 @@ def write_answers(path: str, val: list[Record], unseen: list[IdentityCheck], pro
     probe_rows = [{"kind": f"probe/{p.kind}", "question": p.question, "base_knows": k, "base_right": p.right(b.text),
                    "finetuned_right": p.right(t.text)}
                   for p, k, b, t in zip(probes, base_knows, base["probes"], tuned["probes"])]
-    for row, answer in zip(probe_rows, base.get("probes_system", [])):
-        row["base_with_system_prompt"] = answer.text
+    if "probes_system" in base:  # asked only when chat.system_prompt is set
+        for row, answer in zip(probe_rows, base["probes_system"], strict=True):
+            row["base_with_system_prompt"] = answer.text
     rows += probe_rows + [{"kind": r.source, "question": r.prompt[-1].content} for r in other]
     kinds = ("identity", "unseen", "probes", "other")
     base_all = [a for k in kinds for a in base[k]]
     tuned_all = [a for k in kinds for a in tuned[k]]
     with open_atomic(path) as f:
         for row, b, t in zip(rows, base_all, tuned_all, strict=True):
-            row |= {"base": b.text, "base_eos": b.ended_with_eos, "finetuned": t.text, "finetuned_eos": t.ended_with_eos}
+            row |= {"base": b.text, "base_eos": b.ended_with_eos,
+                    "finetuned": t.text, "finetuned_eos": t.ended_with_eos}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# The per-model metrics ``dvc plots show`` draws side by side (dvc.yaml's plot
+# ``base_vs_finetuned``), in words, in this order.
+CHARTED = (("validation loss", "val_loss"), ("identity accuracy", "identity_accuracy"),
+           ("identity accuracy: held-out templates", "identity_accuracy_templates"),
+           ("identity accuracy: unseen wordings", "identity_accuracy_unseen"),
+           ("answers that give the name", "identity_name_rate"), ("identity leak rate", "identity_leak_rate"),
+           ("probe accuracy, all retention probes", "probe_accuracy"), ("EOS rate, identity answers", "eos_rate"),
+           ("EOS rate, probe answers", "probe_eos_rate"))
+
+
+def headline(tuned: dict, kept: float, train_metrics: dict, source: str) -> dict:
+    """What the table of ``dvc exp show`` shows first (dvc.yaml lists this file first among the
+    metrics): the fine-tuned model's val loss, identity accuracy, leak rate, retention and EOS
+    rate, then training's tokens per second and minutes from ``train_metrics`` (read from
+    ``source``, the train stage's metrics), under names of their own: a name that two metrics
+    files share becomes ``<file>:<name>`` in that table, too wide to fit."""
+    missing = [key for key in ("tokens_per_second", "train_seconds") if key not in train_metrics]
+    if missing:
+        raise PipelineError(f"{source}: no {', '.join(missing)} (rerun the train stage)")
+    return {"val_loss": tuned["val_loss"], "identity_accuracy": tuned["identity_accuracy"],
+            "identity_leak_rate": tuned["identity_leak_rate"], "retention": kept, "eos_rate": tuned["eos_rate"],
+            "train_tokens_per_s": train_metrics["tokens_per_second"],
+            "train_minutes": round(train_metrics["train_seconds"] / 60, 2)}
+
+
+def chart_rows(base: dict, tuned: dict) -> list[dict]:
+    """``CHARTED`` for both models, one row a metric and model: the only list in the file, which
+    DVC's plots read as their data (and its metrics skip)."""
+    return [{"metric": label, "model": model, "value": scores[key]}
+            for label, key in CHARTED for model, scores in (("base", base), ("fine-tuned", tuned))]
+
+
+def results(base: dict, tuned: dict, kept: float, train_metrics: dict, source: str, **counts: int) -> dict:
+    """What ``paths.evaluation`` holds: the headline first, each model's metrics, the val loss
+    change, ``counts`` and the chart's rows."""
+    return {**headline(tuned, kept, train_metrics, source), "base": base, "finetuned": tuned,
+            "val_loss_delta": round(tuned["val_loss"] - base["val_loss"], 4), **counts,
+            "base_vs_finetuned": chart_rows(base, tuned)}
 
 
 def main(cfg: Params) -> dict:
     paths = cfg.paths
+    train_source = Path(paths.train_live) / "metrics.json"
+    train_metrics = read_json(train_source)
     val = list(read_jsonl(paths.val))
     if not val:
         raise PipelineError(f"{paths.val}: no validation records")
@@ -298,10 +355,9 @@ def main(cfg: Params) -> dict:
     tuned, tuned_answers = score(paths.merged_model, cfg, val, unseen, probes, "fine-tuned")
     base_knows = known(probes, base_answers)
     kept, n_known = retention(probes, base_knows, tuned_answers["probes"])
-    metrics = {"base": base, "finetuned": tuned, "retention": kept, "probes_base_knows": n_known,
-               "probes": len(probes), "val_loss_delta": round(tuned["val_loss"] - base["val_loss"], 4),
-               "identity_questions": n_identity + len(unseen), "validation_records": len(val),
-               "eval_prompts_in_train": in_train}
+    metrics = results(base, tuned, kept, train_metrics, str(train_source), probes_base_knows=n_known,
+                      probes=len(probes), identity_questions=n_identity + len(unseen), validation_records=len(val),
+                      eval_prompts_in_train=in_train)
     write_answers(paths.evaluation_answers, val, unseen, probes, base_answers, tuned_answers, base_knows)
     write_json(paths.evaluation, metrics)
     log.info("val loss %.4f -> %.4f; identity accuracy %.2f -> %.2f; leak rate %.2f -> %.2f; retention %.2f "
