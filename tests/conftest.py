@@ -1,12 +1,18 @@
-"""Shared fixtures: offline environment, validated params on temporary paths, a temporary clone."""
+"""Shared fixtures: offline environment, validated params on temporary paths, a temporary clone,
+the tiny model of the whole-DAG runs, and the long runs that start with the session (the slow
+tests wait for them, last)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,6 +33,12 @@ OFFLINE = {
     "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
 }
 os.environ.update(OFFLINE)
+# The tiny models' tensors are far too small for a second thread to pay, and torch's threads spin
+# while they wait: with two stage processes side by side, or any other load, a tiny training ran
+# ten times slower on two threads than on one. One thread each; the real default model's run
+# (test_end_to_end.py) gets the threads it would have had (None: torch's default).
+REAL_MODEL_THREADS = os.environ.get("OMP_NUM_THREADS")
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def repo_params() -> dict:
@@ -63,15 +75,35 @@ def params_in(tmp: Path, **overrides: dict) -> Params:
     return validate_params(raw)
 
 
-def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The test environment (the venv's executables first on PATH), plus ``env``."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+def stage_outputs(repo: Path = ROOT) -> dict[str, dict[str, list[str]]]:
+    """dvc.yaml's stages as DVC resolves them (``foreach`` expanded, ``${paths.*}`` filled in):
+    stage name (``process_data@orca``) -> ``{"outs": [...], "metrics": [...], "plots": [...]}``,
+    each path relative to the repository, as declared."""
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    found = {}
+    with Repo(str(repo)) as dvc_repo:
+        for stage in dvc_repo.index.stages:
+            if isinstance(stage, PipelineStage):
+                kinds = {"outs": [], "metrics": [], "plots": []}
+                for out in stage.outs:
+                    kinds["metrics" if out.metric else "plots" if out.plot else "outs"].append(out.def_path)
+                found[stage.addressing] = kinds
+    return found
 
 
-def run_cli(args: list[str], cwd: Path, check: bool = False, env: dict[str, str] | None = None,
+def cli_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The test environment (the venv's executables first on PATH), plus ``env`` (a value of None
+    removes the variable)."""
+    merged = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def run_cli(args: list[str], cwd: Path, check: bool = False, env: dict[str, str | None] | None = None,
             input_text: str | None = None) -> subprocess.CompletedProcess:
-    """Run a command with the test environment (the venv's executables first on PATH), plus ``env``;
-    ``input_text`` is its stdin."""
+    """Run a command with the test environment (the venv's executables first on PATH), plus ``env``
+    (see cli_env); ``input_text`` is its stdin."""
     proc = subprocess.run(args, cwd=cwd, env=cli_env(env), capture_output=True, text=True, input=input_text)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -154,6 +186,112 @@ def built_clone(tmp_path_factory) -> Path:
     return repo
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: the whole DAG on the real default model, or on simulated "
-                                       "cloud machines (minutes); deselect with -m 'not slow'")
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random Llama with the ChatML BPE tokenizer (tests/modelkit.py), saved once: the base
+    model of the whole-DAG runs on a clone (``configure_tiny_dag``)."""
+    from tests.modelkit import chatml_tokenizer, tiny_model_folder
+
+    return tiny_model_folder(tmp_path_factory.mktemp("model") / "tiny-llama", chatml_tokenizer())
+
+
+# --- long runs that start with the session ----------------------------------------------------
+#
+# The slow tests wait for long chains of processes: the real default model's ``dvc exp run``
+# (test_end_to_end.py) and the simulated cloud jobs (test_cloud.py). Those start as the session
+# starts and go on beside the other tests, which run first; the slow tests run last.
+
+HEAD_STARTS: dict[str, tuple[Callable, bool]] = {}
+# How much the session gives way to the ``first`` runs (os.nice): the real model's run is the
+# longest chain of all, and everything else can wait a little.
+YIELD_TO_FIRST = 5
+
+
+def head_start(fixture: str, first: bool = False):
+    """Register ``start(request, tmp_path_factory)``, which starts a long run and returns its
+    handle (anything with a ``stop()`` that ends or waits for what is left of the run). When a
+    selected test uses ``fixture``, the run starts as the session starts, and that fixture
+    finds the handle in ``head_started``. ``first`` runs start before the others, and then
+    the session's own processes give way to them (``YIELD_TO_FIRST``)."""
+    def register(start: Callable) -> Callable:
+        HEAD_STARTS[fixture] = (start, first)
+        return start
+
+    return register
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests run last: the runs they wait for start with the session (``head_started``)
+    and have the other tests' minutes to finish in. Those that wait for a ``first`` run come
+    first among them: another run still going on then takes the cores they leave."""
+    firsts = {name for name, (_, first) in HEAD_STARTS.items() if first}
+
+    def rank(item) -> tuple[bool, bool]:
+        slow = item.get_closest_marker("slow") is not None
+        return slow, slow and not firsts & set(item.fixturenames)
+
+    items.sort(key=rank)  # stable: within a rank, the collection's order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def head_started(request, tmp_path_factory) -> dict:
+    """The handles of the registered runs (``head_start``) that the selected tests wait for,
+    started as the session starts, ``first`` ones first; stopped as it ends."""
+    used = {name for item in request.session.items for name in item.fixturenames}
+    wanted = sorted((name for name in HEAD_STARTS if name in used), key=lambda name: not HEAD_STARTS[name][1])
+    handles = {}
+    try:
+        for name in wanted:
+            start, first = HEAD_STARTS[name]
+            handles[name] = start(request, tmp_path_factory)
+            if first:
+                os.nice(YIELD_TO_FIRST)  # this process and all it starts from now on
+        yield handles
+    finally:
+        for handle in handles.values():
+            handle.stop()
+
+
+class Background:
+    """A command (run as by ``run_cli``) that runs while the tests go on: ``result()`` waits for
+    it and returns it with its seconds; ``stop()`` kills what is left of it."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str | None] | None = None):
+        start = time.monotonic()
+        self.cwd = cwd
+        self.proc = subprocess.Popen(args, cwd=cwd, env=cli_env(env), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+        def wait() -> tuple[subprocess.CompletedProcess, float]:
+            stdout, stderr = self.proc.communicate()
+            return subprocess.CompletedProcess(args, self.proc.returncode, stdout, stderr), time.monotonic() - start
+
+        self.pool = ThreadPoolExecutor(1)
+        self.done = self.pool.submit(wait)
+
+    def result(self, check: bool = False) -> tuple[subprocess.CompletedProcess, float]:
+        proc, seconds = self.done.result()
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{proc.args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc, seconds
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:  # the session ended first: the command and the stages it started
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.pool.shutdown()
+
+
+class InThreads:
+    """Functions (of no arguments), each called in a thread of its own, that run while the tests
+    go on: ``result(name)`` waits for one and returns its value (or raises its error);
+    ``stop()`` waits for them all."""
+
+    def __init__(self, **calls: Callable):
+        self.pool = ThreadPoolExecutor(len(calls))
+        self.futures = {name: self.pool.submit(call) for name, call in calls.items()}
+
+    def result(self, name: str):
+        return self.futures[name].result()
+
+    def stop(self) -> None:
+        self.pool.shutdown()

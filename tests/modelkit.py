@@ -8,10 +8,15 @@
 * ``tiny_model_folder``: a 2-layer random Llama with either tokenizer, saved as a Hugging
   Face folder that ``fetch_base_model`` accepts as a local model.
 * ``configure_tiny_dag``: a clone's params.yaml set for a whole-DAG run of seconds per stage.
+* ``tiny_params``, ``prepared``, ``build_data``: the same settings for stages called in-process
+  on temporary paths (``prepared``: the data stages' outputs and the fetched tiny base).
+* ``TINY_SFT`` (the in-process runs) and ``TINY_DAG_SFT`` (a whole-DAG run, derived from it):
+  the tiny model's training settings, merged over params.yaml's ``train.sft``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
@@ -69,7 +74,16 @@ def llama2_tokenizer(tmp: Path):
 
 
 def smollm2_tokenizer():
-    from src.modeling import gguf_tokenizer
+    """A copy of SmolLM2's tokenizer (callers may change it), read from the GGUF file once a
+    session: reading it takes 10-15 s on 2 cores."""
+    import copy
+
+    return copy.deepcopy(_smollm2_tokenizer())
+
+
+@functools.cache
+def _smollm2_tokenizer():
+    from src.fetching import gguf_tokenizer
 
     return gguf_tokenizer()
 
@@ -105,9 +119,18 @@ OPEN_GATE = {"min_identity_accuracy": 0.0, "max_identity_leak_rate": 1.0, "min_r
 # Replay on a tiny model: a few prompts, a few tokens (its answers rarely end with EOS: dropped, counted).
 TINY_REPLAY = {"sources": ["orca", "platypus"], "max_prompts": 6, "max_new_tokens": 6, "questions": None}
 
-# SFT settings of a whole-DAG run on the tiny model: 12 steps, a checkpoint every 3.
-TINY_DAG_SFT = {"max_steps": 12, "save_steps": 3, "save_total_limit": 2, "logging_steps": 1, "eval_steps": 6,
-                "learning_rate": 5.0e-3, "max_length": 128}
+# SFT settings of the tiny model's runs, merged over params.yaml's train.sft: 8 steps of 4 packed rows.
+TINY_SFT = {"max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 5.0e-3,
+            "eval_steps": 4, "save_steps": 4, "logging_steps": 2, "max_length": 128}
+# A whole-DAG run: 12 steps of one packed row (params.yaml's batch), a checkpoint every 3 (the newest
+# 2 kept), every step logged: fine-grained enough for the kills and resumes of the fault tests.
+TINY_DAG_SFT = {**TINY_SFT, "max_steps": 12, "per_device_train_batch_size": 1, "save_steps": 3,
+                "save_total_limit": 2, "logging_steps": 1, "eval_steps": 6}
+# Replay records trained on by distillation beside the batches (src/distill.py).
+KL_REPLAY = {"replay": {"loss": "kl", "weight": 1.0, "rows_per_batch": 2}}
+# 4-bit QLoRA as the GPU profile sets it (train.quantization).
+QLORA = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+         "bnb_4bit_compute_dtype": "auto"}
 
 
 def configure_tiny_dag(repo: Path, model: Path) -> Path:
@@ -124,3 +147,76 @@ def configure_tiny_dag(repo: Path, model: Path) -> Path:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "commit", "-qam", "tiny model"], cwd=repo, check=True)
     return repo
+
+
+def repo_sft() -> dict:
+    """params.yaml's train.sft, as committed."""
+    from tests.conftest import repo_params
+
+    return repo_params()["train"]["sft"]
+
+
+def tiny_params(tmp: Path, model: Path, **overrides):
+    """Validated params with every output under ``tmp``, set as ``configure_tiny_dag`` sets a
+    clone's (the tiny ``model``, TINY_SFT, short generations, an open gate); each of
+    ``overrides`` is merged into its section, key by key."""
+    from tests.conftest import params_in
+
+    sections = {
+        "fetch_base_model": {"model": str(model)},
+        "train": {"eval_records": 8, "sft": {**repo_sft(), **TINY_SFT}},
+        "sanity_check": {"max_new_tokens": 6},
+        "evaluate": {"max_new_tokens": 6},
+        "generate_replay_data": TINY_REPLAY,
+        "quality_gate": OPEN_GATE,
+    }
+    for key, value in overrides.items():
+        sections[key] = {**sections.get(key, {}), **value}
+    return params_in(tmp, **sections)
+
+
+def build_data(cfg) -> None:
+    """The data stages in DAG order; the base model (for the replay answers) must be fetched."""
+    from src.stages import data_split, generate_identity_data, generate_replay_data, merge_data, process_data
+
+    generate_identity_data.main(cfg)
+    for source in sorted(cfg.datasets):
+        process_data.main(cfg, source=source)
+        data_split.main(cfg, source=source)
+    generate_replay_data.main(cfg)
+    merge_data.main(cfg)
+
+
+def prepared(tmp: Path, sft: dict | None = None, **overrides):
+    """A tiny random Llama, the data stages' outputs and the fetched base model under ``tmp``.
+    ``sft`` is merged into the tiny SFT settings, ``overrides`` into the other sections.
+    Returns (the source model folder, params)."""
+    from src.stages import fetch_base_model
+
+    model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
+    train_section = {**overrides.pop("train", {}), "sft": {**repo_sft(), **TINY_SFT, **(sft or {})}}
+    cfg = tiny_params(tmp, model, train=train_section, **overrides)
+    fetch_base_model.main(cfg)
+    build_data(cfg)
+    return model, cfg
+
+
+# Questions of src/prompts/replay.yaml (none is an evaluation or sanity prompt: a test holds it).
+REPLAY_PAIRS = [("What is the capital of Canada?", "The capital of Canada is Ottawa."),
+                ("How many sides does a hexagon have?", "A hexagon has six sides."),
+                ("What is the chemical symbol for iron?", "The chemical symbol for iron is Fe."),
+                ("How many days are in a leap year?", "A leap year has 366 days."),
+                ("Which planet is closest to the Sun?", "Mercury is the planet closest to the Sun."),
+                ("How many meters are in a kilometer?", "There are 1000 meters in a kilometer.")]
+
+
+def add_replay_records(cfg, n: int) -> list:
+    """``n`` replay records appended to the training file, as ``generate_replay_data`` writes
+    them when the base's answers end (a tiny random model's rarely do)."""
+    from src.config import REPLAY_SOURCE
+    from src.records import make_record, read_jsonl
+    from src.records import write_jsonl as write_records
+
+    records = [make_record(q, a, REPLAY_SOURCE) for q, a in REPLAY_PAIRS[:n]]
+    write_records(cfg.paths.train, [*read_jsonl(cfg.paths.train), *records])
+    return records

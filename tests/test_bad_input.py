@@ -17,7 +17,7 @@ import pytest
 from src import cli
 from src.records import Record
 from src.stages import merge_model, process_data, train
-from tests.test_model_stages import prepared, tiny_params
+from tests.modelkit import prepared, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -175,5 +175,6 @@ def test_merge_goes_where_the_model_fits_or_stops_before_loading(built, tmp_path
     loads = []
     monkeypatch.setattr(merge_model, "load_model", lambda *a, **k: loads.append(a))
     error = one_line_error(merge_model.main, cfg, monkeypatch, capsys)
-    assert error.startswith(f"error: {cfg.paths.base_model}: merging needs about ") and "use a machine with more" in error
+    assert error.startswith(f"error: {cfg.paths.base_model}: merging needs about ")
+    assert "use a machine with more" in error
     assert loads == [] and not Path(cfg.paths.merged_model).exists()

@@ -12,10 +12,14 @@ pulls the experiment back and finds it byte-identical:
 * The committed local remote, with preemption: the first machine is killed in training, the
   second after training (in merge_model), the third finishes from the checkpoints in the
   "bucket"; its adapter equals the uninterrupted S3 run's.
+
+Both jobs start with the test session (conftest.py: ``head_start``) and go on beside the other
+tests; the slow tests that check them run last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,15 +27,25 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.cloudkit import (ORCA_COMMIT, PLATYPUS_COMMIT, PLATYPUS_FILE, FakeHub, FakeStudio, GitHttpOrigin,
-                             MotoS3, hub_files)
-from tests.conftest import OFFLINE, ROOT, files_holding, make_clone, run_cli
-from tests.modelkit import TINY_DAG_SFT, chatml_tokenizer, configure_tiny_dag, tiny_model_folder
+from src.config import output_paths
+from tests.cloudkit import (
+    ORCA_COMMIT,
+    PLATYPUS_COMMIT,
+    PLATYPUS_FILE,
+    FakeHub,
+    FakeStudio,
+    GitHttpOrigin,
+    MotoS3,
+    hub_files,
+)
+from tests.conftest import OFFLINE, ROOT, InThreads, files_holding, head_start, make_clone, run_cli
+from tests.modelkit import TINY_DAG_SFT, configure_tiny_dag
 
 TRAINING_YAML, VSCODE_YAML = ROOT / "sky-training.yaml", ROOT / "sky-vscode.yaml"
 SERVE_YAML = ROOT / "sky-serve.yaml"
@@ -41,9 +55,11 @@ TASK_ID = "sky-managed-2026-11-28-05-00-00-000000_finetune_3-0"
 SECRETS = {name: f"{prefix}{secrets.token_hex(12)}" for name, prefix in (
     ("HF_TOKEN", "hf_"), ("GIT_TOKEN", "ghp_"), ("DVC_STUDIO_TOKEN", "isat_"),
     ("AWS_ACCESS_KEY_ID", "AKIA"), ("AWS_SECRET_ACCESS_KEY", ""))}
-# What an experiment brings home: its params and lock, metrics, plots, adapter, sanity results.
-RESULTS = ("params.yaml", "dvc.lock", "dvclive/train", "models/adapter", "sanity_check_result",
-           "data/metrics", "data/final/report.json")
+PATHS = output_paths(ROOT)  # dvc.yaml's vars: where each stage writes
+# What an experiment brings home: its params and lock, metrics, plots, adapter, sanity results
+# (the folder of the sanity check's, evaluation's and gate's files).
+RESULTS = ("params.yaml", "dvc.lock", PATHS["train_live"], PATHS["adapter"], str(Path(PATHS["sanity_results"]).parent),
+           PATHS["metrics_dir"], PATHS["report"])
 
 
 def load_task(path: Path, **envs: str):
@@ -126,8 +142,8 @@ def test_vscode_setup_installs_the_pinned_cli_only_when_its_checksum_matches(tmp
     right = hashlib.sha256(bundle.getvalue()).hexdigest()
     stubs = tmp_path / "bin"
     (stubs / "venv/bin").mkdir(parents=True)
-    for name, body in (("sudo", "exit 0"), ("curl", f'echo "$@" >> {tmp_path}/urls; '
-                                                   f'while [ "$1" != -o ]; do shift; done; cp {tmp_path}/cli.tar.gz "$2"'),
+    curl = f'echo "$@" >> {tmp_path}/urls; while [ "$1" != -o ]; do shift; done; cp {tmp_path}/cli.tar.gz "$2"'
+    for name, body in (("sudo", "exit 0"), ("curl", curl),
                        ("venv/bin/python", "exit 0")):
         (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
         (stubs / name).chmod(0o755)
@@ -192,6 +208,10 @@ def machine_env(home: Path, checkpoint_dir: Path, **envs: str) -> dict[str, str]
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
 
 
+# The two jobs below run side by side, and each machine's setup runs pip in this one environment.
+SETUP_LOCK = threading.Lock()
+
+
 def on_machine(workdir: Path, env: dict[str, str], fault: tuple[str, str] | None = None,
                setup: bool = True) -> tuple[int, str]:
     """Run the YAML's setup (unless ``setup`` is false: a later machine of the same job would
@@ -203,7 +223,8 @@ def on_machine(workdir: Path, env: dict[str, str], fault: tuple[str, str] | None
         env |= {"FAULT_STAGE": stage, "FAULT_KILL": fault[1], "PYTHONPATH": str(FAULTKIT)}
     out = []
     for key in ("setup", "run")[0 if setup else 1:]:
-        proc = subprocess.run(["bash", "-c", config[key]], cwd=workdir, env=env, capture_output=True, text=True)
+        with SETUP_LOCK if key == "setup" else contextlib.nullcontext():
+            proc = subprocess.run(["bash", "-c", config[key]], cwd=workdir, env=env, capture_output=True, text=True)
         out.append(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             return proc.returncode, "\n".join(out)
@@ -217,7 +238,8 @@ def test_other_machines_of_a_multi_node_job_run_up_to_train_only(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("dvc", "git"):
-        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $* studio=${{DVC_STUDIO_TOKEN:-unset}}" >> {tmp_path}/calls\n')
+        record = f'echo "{tool} $* studio=${{DVC_STUDIO_TOKEN:-unset}}" >> {tmp_path}/calls'
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{record}\n")
         (bin_dir / tool).chmod(0o755)
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
@@ -255,16 +277,11 @@ def assert_same_results(produced: Path, pulled: Path) -> None:
             assert twin.is_file() and twin.read_bytes() == path.read_bytes(), path.relative_to(produced)
             compared += 1
     assert compared >= 15
-    assert (pulled / "models/adapter/adapter_model.safetensors").stat().st_size > 0
+    assert (pulled / PATHS["adapter"] / "adapter_model.safetensors").stat().st_size > 0
 
 
 def exp_name(output: str) -> str:
     return re.search(r"^experiment (\S+), checkpoints in", output, re.M).group(1)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return tiny_model_folder(tmp_path_factory.mktemp("model") / "tiny-llama", chatml_tokenizer())
 
 
 # The Hub's files as the stand-in serves them: the upstream schemas, fewer rows than the samples.
@@ -274,18 +291,17 @@ HUB_FILES = hub_files(ROOT / "data/raw", HUB_ROWS)
 LOOPBACK_PROFILE = f"""
 imports:
   data/raw/1M-GPT4-Augmented.parquet: {{dataset: Open-Orca/OpenOrca, revision: main, file: 1M-GPT4-Augmented.parquet}}
-  data/raw/open-platypus.parquet: {{dataset: garage-bAInd/Open-Platypus, revision: {PLATYPUS_COMMIT}, file: {PLATYPUS_FILE}}}
+  data/raw/open-platypus.parquet:
+    {{dataset: garage-bAInd/Open-Platypus, revision: {PLATYPUS_COMMIT}, file: {PLATYPUS_FILE}}}
 datasets:
   orca: {{path: data/raw/1M-GPT4-Augmented.parquet, subset_rows: null}}
   platypus: {{path: data/raw/open-platypus.parquet, subset_rows: null}}
 """
 
 
-@pytest.fixture(scope="module")
-def s3_run(tmp_path_factory, model):
+def s3_job(tmp: Path, model: Path) -> dict:
     """The laptop's clone pushed to an HTTP origin and set to an S3 remote; one uninterrupted
     run on a machine; the experiment pulled into another clone."""
-    tmp = tmp_path_factory.mktemp("s3")
     (tmp / "git").mkdir()
     run_cli(["git", "init", "-q", "--bare", "-b", "main", str(tmp / "git/origin.git")], tmp, check=True)
     git_env = {"GIT_ASKPASS": str(ROOT / "src/cloud/git_askpass.sh"), "GIT_TERMINAL_PROMPT": "0",
@@ -314,9 +330,9 @@ def s3_run(tmp_path_factory, model):
         code, output = on_machine(machine, env)
         assert code == 1 and "pushed; to bring it home" in output, output[-4000:]
         home = bring_home(tmp / "home", f"{origin.url}/origin.git", "qlora-s3", git_env)
-        yield {"machine": machine, "home": home, "output": output, "refused": refused, "studio": studio.posts,
-               "s3_keys": s3.keys(), "denied": origin.denied, "bucket": tmp / "bucket", "tmp": tmp,
-               "hub": hub.requests}
+        return {"machine": machine, "home": home, "output": output, "refused": refused, "studio": studio.posts,
+                "s3_keys": s3.keys(), "denied": origin.denied, "bucket": tmp / "bucket", "tmp": tmp,
+                "hub": hub.requests}
     finally:
         hub.close()
         origin.close()
@@ -324,15 +340,74 @@ def s3_run(tmp_path_factory, model):
         studio.close()
 
 
+def preempted_job(tmp: Path, model: Path) -> dict:
+    """The committed local remote, a bare origin on disk, and a managed job preempted twice:
+    three machines in turn, with the same task id and the same checkpoint bucket. Each machine
+    starts from the laptop's copy, so each imports the profile's files from the Hub again."""
+    run_cli(["git", "init", "-q", "--bare", "-b", "main", str(tmp / "origin.git")], tmp, check=True)
+    laptop = configure_tiny_dag(make_clone(tmp / "laptop"), model)
+    (laptop / "profiles/loopback.yaml").write_text(LOOPBACK_PROFILE)
+    run_cli(["git", "add", "profiles/loopback.yaml"], laptop, check=True)
+    run_cli(["git", "commit", "-qm", "a profile on the stand-in Hub"], laptop, check=True)
+    run_cli(["git", "remote", "add", "origin", str(tmp / "origin.git")], laptop, check=True)
+    run_cli(["git", "push", "-q", "origin", "main"], laptop, check=True)
+    hub = FakeHub(HUB_FILES, {("Open-Orca/OpenOrca", "main"): ORCA_COMMIT})
+    # EXP_NAME empty: named after the task
+    env = machine_env(tmp / "machine-home", tmp / "bucket", PROFILE="profiles/loopback.yaml")
+    env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+    runs = []
+    try:
+        for i, fault in enumerate([("train", "step:7"), ("merge_model", "replace"), ("push", "push-cache"), None]):
+            machine = shutil.copytree(laptop, tmp / f"machine{i}", symlinks=True)
+            code, output = on_machine(machine, env, fault, setup=i == 0)
+            steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (tmp / "bucket").glob("*/*/checkpoint-*"))
+            origin_refs = run_cli(["git", "ls-remote", str(tmp / "origin.git"), "refs/exps/*"], tmp).stdout
+            remote_files = sorted(p for p in (Path(env["HOME"]) / "dvc-storage").rglob("*") if p.is_file())
+            runs.append({"code": code, "output": output, "steps": steps, "machine": machine,
+                         "origin_refs": origin_refs, "remote_files": len(remote_files)})
+        assert runs[-1]["code"] == 0, runs[-1]["output"][-4000:]
+        name = exp_name(runs[-1]["output"])
+        # the committed remote is ~/dvc-storage: the second clone sees the machine's, as a shared disk would
+        home = bring_home(tmp / "home", str(tmp / "origin.git"), name, {"HOME": env["HOME"]})
+    finally:
+        hub.close()
+    return {"runs": runs, "home": home, "name": name, "bucket": tmp / "bucket",
+            "remote": Path(env["HOME"]) / "dvc-storage"}
+
+
+@head_start("cloud_jobs")
+def start_cloud_jobs(request, tmp_path_factory) -> InThreads:
+    """Both jobs above, started as the session starts (conftest: head_started), each in a
+    thread of its own: a chain of processes that goes on beside the other tests."""
+    model = request.getfixturevalue("tiny_model")
+    s3, local = tmp_path_factory.mktemp("s3"), tmp_path_factory.mktemp("local")
+    return InThreads(s3=lambda: s3_job(s3, model), local=lambda: preempted_job(local, model))
+
+
+@pytest.fixture(scope="module")
+def cloud_jobs(head_started) -> InThreads:
+    return head_started["cloud_jobs"]
+
+
+@pytest.fixture(scope="module")
+def s3_run(cloud_jobs) -> dict:
+    return cloud_jobs.result("s3")
+
+
+@pytest.fixture(scope="module")
+def preempted_run(cloud_jobs) -> dict:
+    return cloud_jobs.result("local")
+
+
 @pytest.mark.slow
 def test_cloud_run_below_the_quality_gate_pushes_then_fails_with_one_line(s3_run):
-    evaluation = json.loads((s3_run["home"] / "sanity_check_result/evaluation.json").read_text())
+    evaluation = json.loads((s3_run["home"] / PATHS["evaluation"]).read_text())
     accuracy = evaluation["finetuned"]["identity_accuracy"]
     errors = [line for line in s3_run["output"].splitlines() if line.startswith("error:")]
     assert errors == [f"error: quality gate failed: finetuned.identity_accuracy {accuracy:g} < 1 "
                       "(quality_gate.min_identity_accuracy)"]
     # the experiment came home whole, its gate verdict with it
-    assert json.loads((s3_run["home"] / "sanity_check_result/quality_gate.json").read_text())["passed"] is False
+    assert json.loads((s3_run["home"] / PATHS["quality_gate"]).read_text())["passed"] is False
 
 
 @pytest.mark.slow
@@ -352,11 +427,12 @@ def test_cloud_run_trains_on_the_files_its_profile_imports_from_the_hub(s3_run):
     assert {s: params["datasets"][s]["path"] for s in HUB_ROWS} == {"orca": "data/raw/1M-GPT4-Augmented.parquet",
                                                                     "platypus": "data/raw/open-platypus.parquet"}
     for source, rows in HUB_ROWS.items():  # every row of the served file, not the samples
-        metrics = json.loads((home / f"data/metrics/process_data_{source}.json").read_text())
+        metrics = json.loads((home / PATHS["metrics_dir"] / f"process_data_{source}.json").read_text())
         assert metrics["rows_in"] == rows, source
     # the experiment records where the files came from, at the commit (the branch was looked up once)
     orca = yaml.safe_load((home / "data/raw/1M-GPT4-Augmented.parquet.dvc").read_text())
-    assert orca["deps"][0]["path"].endswith(f"/datasets/Open-Orca/OpenOrca/resolve/{ORCA_COMMIT}/1M-GPT4-Augmented.parquet")
+    resolved = f"/datasets/Open-Orca/OpenOrca/resolve/{ORCA_COMMIT}/1M-GPT4-Augmented.parquet"
+    assert orca["deps"][0]["path"].endswith(resolved)
     platypus = yaml.safe_load((home / "data/raw/open-platypus.parquet.dvc").read_text())
     assert f"/resolve/{PLATYPUS_COMMIT}/{PLATYPUS_FILE}" in platypus["deps"][0]["path"]
     assert "/api/datasets/Open-Orca/OpenOrca/revision/main" in s3_run["hub"]
@@ -395,42 +471,6 @@ def test_no_credential_is_written_anywhere(s3_run):
     # the scan itself works: the fixtures' values are findable when written
     (tmp / "planted.txt").write_text(SECRETS["GIT_TOKEN"])
     assert files_holding(tmp, SECRETS.values()) == [f"{tmp / 'planted.txt'}: {SECRETS['GIT_TOKEN']}"]
-
-
-@pytest.fixture(scope="module")
-def preempted_run(tmp_path_factory, model):
-    """The committed local remote, a bare origin on disk, and a managed job preempted twice:
-    three machines in turn, with the same task id and the same checkpoint bucket. Each machine
-    starts from the laptop's copy, so each imports the profile's files from the Hub again."""
-    tmp = tmp_path_factory.mktemp("local")
-    run_cli(["git", "init", "-q", "--bare", "-b", "main", str(tmp / "origin.git")], tmp, check=True)
-    laptop = configure_tiny_dag(make_clone(tmp / "laptop"), model)
-    (laptop / "profiles/loopback.yaml").write_text(LOOPBACK_PROFILE)
-    run_cli(["git", "add", "profiles/loopback.yaml"], laptop, check=True)
-    run_cli(["git", "commit", "-qm", "a profile on the stand-in Hub"], laptop, check=True)
-    run_cli(["git", "remote", "add", "origin", str(tmp / "origin.git")], laptop, check=True)
-    run_cli(["git", "push", "-q", "origin", "main"], laptop, check=True)
-    hub = FakeHub(HUB_FILES, {("Open-Orca/OpenOrca", "main"): ORCA_COMMIT})
-    env = machine_env(tmp / "machine-home", tmp / "bucket", PROFILE="profiles/loopback.yaml")  # EXP_NAME empty: named after the task
-    env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
-    runs = []
-    try:
-        for i, fault in enumerate([("train", "step:7"), ("merge_model", "replace"), ("push", "push-cache"), None]):
-            machine = shutil.copytree(laptop, tmp / f"machine{i}", symlinks=True)
-            code, output = on_machine(machine, env, fault, setup=i == 0)
-            steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (tmp / "bucket").glob("*/*/checkpoint-*"))
-            origin_refs = run_cli(["git", "ls-remote", str(tmp / "origin.git"), "refs/exps/*"], tmp).stdout
-            remote_files = sorted(p for p in (Path(env["HOME"]) / "dvc-storage").rglob("*") if p.is_file())
-            runs.append({"code": code, "output": output, "steps": steps, "machine": machine,
-                         "origin_refs": origin_refs, "remote_files": len(remote_files)})
-        assert runs[-1]["code"] == 0, runs[-1]["output"][-4000:]
-        name = exp_name(runs[-1]["output"])
-        # the committed remote is ~/dvc-storage: the second clone sees the machine's, as a shared disk would
-        home = bring_home(tmp / "home", str(tmp / "origin.git"), name, {"HOME": env["HOME"]})
-    finally:
-        hub.close()
-    return {"runs": runs, "home": home, "name": name, "bucket": tmp / "bucket",
-            "remote": Path(env["HOME"]) / "dvc-storage"}
 
 
 @pytest.mark.slow
@@ -478,7 +518,7 @@ def test_preempted_run_comes_home_from_the_local_remote_byte_identical(preempted
 def test_preempted_run_ends_with_the_uninterrupted_runs_adapter(preempted_run, s3_run):
     from safetensors.torch import load_file
 
-    rel = "models/adapter/adapter_model.safetensors"
+    rel = f"{PATHS['adapter']}/adapter_model.safetensors"
     mine, theirs = load_file(preempted_run["home"] / rel), load_file(s3_run["home"] / rel)
     assert mine.keys() == theirs.keys()
     for name, tensor in theirs.items():

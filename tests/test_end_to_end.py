@@ -1,29 +1,54 @@
 """The whole DAG on the real default (SmolLM2-135M-Instruct, sample data) in a temporary clone,
 with ``dvc exp run`` as a user runs it: a few minutes on 2 cores. Deselect with ``-m "not slow"``.
+The run starts with the test session (conftest.py: ``head_start``) and goes on beside the other
+tests, which run first; these tests wait for it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import time
+import os
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import make_clone, run_cli
+from tests.conftest import REAL_MODEL_THREADS, Background, head_start, make_clone, run_cli
 
 pytestmark = pytest.mark.slow
 
 MODEL_STAGES = {"train", "merge_model", "export_model", "sanity_check", "evaluate", "quality_gate"}
+# The real model's runs get the threads a user's would (the tests' tiny models run on one: conftest).
+THREADS = {"OMP_NUM_THREADS": REAL_MODEL_THREADS}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def real_model_threads():
+    """The models loaded here, in the test process, on the threads a user's would have."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(REAL_MODEL_THREADS or len(os.sched_getaffinity(0))))
+    yield
+    torch.set_num_threads(before)
+
+
+@head_start("pipeline", first=True)
+def start_real_model_run(request, tmp_path_factory) -> Background:
+    """A clone and its ``dvc exp run``, started as the session starts (conftest: head_started).
+    Beside other tests the run keeps to one thread (they take the other core); alone, it gets
+    the threads a user's run would."""
+    alone = all(item.path == Path(__file__) for item in request.session.items)
+    repo = make_clone(tmp_path_factory.mktemp("e2e") / "repo")
+    return Background(["dvc", "exp", "run"], repo, env={"OMP_NUM_THREADS": REAL_MODEL_THREADS if alone else "1"})
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    repo = make_clone(tmp_path_factory.mktemp("e2e") / "repo")
-    start = time.monotonic()
-    proc = run_cli(["dvc", "exp", "run"], repo, check=True)
-    return repo, proc, time.monotonic() - start
+def pipeline(head_started):
+    run = head_started["pipeline"]
+    proc, seconds = run.result(check=True)
+    return run.cwd, proc, seconds
 
 
 def ran_stages(output: str) -> set[str]:
@@ -202,11 +227,11 @@ def test_transformers_reads_the_f16_gguf_back_within_tolerance(pipeline):
 # Last: it changes the workspace's model (two training steps).
 def test_second_run_is_a_no_op_and_training_change_reruns_only_downstream(pipeline):
     repo, _, _ = pipeline
-    again = run_cli(["dvc", "exp", "run"], repo, check=True)
+    again = run_cli(["dvc", "exp", "run"], repo, check=True, env=THREADS)
     assert ran_stages(again.stdout) == set(), again.stdout
     # a short training run and short answers keep this cheap; what matters is which stages run
     # two steps teach nothing: the gate would fail the run; deferred, it records the verdict only
     changed = run_cli(["dvc", "exp", "run", "-S", "train.sft.max_steps=2", "-S", "sanity_check.max_new_tokens=8",
-                       "-S", "evaluate.max_new_tokens=8"], repo, check=True, env={"QUALITY_GATE": "defer"})
+                       "-S", "evaluate.max_new_tokens=8"], repo, check=True, env={"QUALITY_GATE": "defer", **THREADS})
     assert ran_stages(changed.stdout) == MODEL_STAGES, changed.stdout
     assert "quality gate failed" in changed.stderr + changed.stdout

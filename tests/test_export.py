@@ -23,8 +23,7 @@ from src.chat import with_system_prompt
 from src.errors import PipelineError
 from src.export import modelfile, read_config, write_gguf
 from tests.conftest import params_file, run_cli
-from tests.modelkit import (CHATML_TEMPLATE, LLAMA2_TEMPLATE, llama2_tokenizer, smollm2_tokenizer,
-                            tiny_model_folder)
+from tests.modelkit import CHATML_TEMPLATE, LLAMA2_TEMPLATE, llama2_tokenizer, smollm2_tokenizer, tiny_model_folder
 
 SYSTEM = "You are a helpful AI assistant."
 TEXTS = ["Hello world", "12345 digits, ünïcödé 日本語\n\n\ttabs!", "it's 3.14 -- don't I'll"]
@@ -233,4 +232,5 @@ def test_export_stage_writes_gguf_files_a_k_quant_and_the_modelfile(tmp_path):
     params["export"] = {"gguf": ["q4_k_m"], "ollama": None}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bad = run_cli([sys.executable, "-m", "src.stages.export_model"], repo)
-    assert bad.returncode != 0 and "export: gguf: the k-quants (q4_k_m) are made from the f16 file; add f16" in bad.stderr
+    assert bad.returncode != 0
+    assert "export: gguf: the k-quants (q4_k_m) are made from the f16 file; add f16" in bad.stderr

@@ -56,7 +56,7 @@ def without_dvclive() -> None:
 @pytest.fixture(scope="module")
 def gpu_run(tmp_path_factory):
     from src.stages import train
-    from tests.test_model_stages import QLORA, prepared
+    from tests.modelkit import QLORA, prepared
 
     without_dvclive()
     _, cfg = prepared(tmp_path_factory.mktemp("gpu"), sft=GPU_SFT, train={"quantization": QLORA})

@@ -14,86 +14,28 @@ from pathlib import Path
 import pytest
 
 from src.chat import with_system_prompt
+from src.config import IdentityParams
 from src.errors import PipelineError
 from src.generation import Answer
 from src.modeling import load_tokenizer
-from src.config import REPLAY_SOURCE, IdentityParams
-from src.records import make_record, normalise, prompt_key, read_jsonl, write_jsonl
-from src.stages import (data_split, evaluate, fetch_base_model, generate_identity_data, generate_replay_data,
-                        merge_data, merge_model, process_data, quality_gate,
-                        sanity_check, train)
+from src.records import make_record, normalise, prompt_key, read_jsonl
+from src.stages import (
+    evaluate,
+    generate_identity_data,
+    generate_replay_data,
+    merge_model,
+    quality_gate,
+    sanity_check,
+    train,
+)
 from tests.conftest import ROOT, params_in, repo_params, run_cli
-from tests.modelkit import OPEN_GATE, TINY_REPLAY, chatml_tokenizer, tiny_model_folder
-
-TINY_SFT = {"max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 5.0e-3,
-            "eval_steps": 4, "save_steps": 4, "logging_steps": 2, "max_length": 128}
-
-
-def tiny_params(tmp: Path, model: Path, **overrides):
-    sections = {
-        "fetch_base_model": {"model": str(model)},
-        "train": {"eval_records": 8, "sft": {**_repo_sft(), **TINY_SFT}},
-        "sanity_check": {"max_new_tokens": 6},
-        "evaluate": {"max_new_tokens": 6},
-        "generate_replay_data": TINY_REPLAY,
-        "quality_gate": OPEN_GATE,
-    }
-    for key, value in overrides.items():
-        sections[key] = {**sections.get(key, {}), **value}
-    return params_in(tmp, **sections)
-
-
-def _repo_sft() -> dict:
-    return repo_params()["train"]["sft"]
-
-
-def build_data(cfg) -> None:
-    """The data stages in DAG order; the base model (for the replay answers) must be fetched."""
-    generate_identity_data.main(cfg)
-    for source in sorted(cfg.datasets):
-        process_data.main(cfg, source=source)
-        data_split.main(cfg, source=source)
-    generate_replay_data.main(cfg)
-    merge_data.main(cfg)
-
-
-KL_REPLAY = {"replay": {"loss": "kl", "weight": 1.0, "rows_per_batch": 2}}  # replay by distillation (src/distill.py)
-QLORA = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-         "bnb_4bit_compute_dtype": "auto"}
-
-
-def prepared(tmp: Path, sft: dict | None = None, **overrides):
-    """A tiny random Llama, the data stages' outputs and the fetched base model under ``tmp``.
-    ``sft`` is merged into the tiny SFT settings, ``overrides`` into the other sections.
-    Returns (the source model folder, params)."""
-    model = tiny_model_folder(tmp / "source-model", chatml_tokenizer())
-    train_section = {**overrides.pop("train", {}), "sft": {**_repo_sft(), **TINY_SFT, **(sft or {})}}
-    cfg = tiny_params(tmp, model, train=train_section, **overrides)
-    fetch_base_model.main(cfg)
-    build_data(cfg)
-    return model, cfg
-
-
-# Questions of src/prompts/replay.yaml (none is an evaluation or sanity prompt: a test holds it).
-REPLAY_PAIRS = [("What is the capital of Canada?", "The capital of Canada is Ottawa."),
-                ("How many sides does a hexagon have?", "A hexagon has six sides."),
-                ("What is the chemical symbol for iron?", "The chemical symbol for iron is Fe."),
-                ("How many days are in a leap year?", "A leap year has 366 days."),
-                ("Which planet is closest to the Sun?", "Mercury is the planet closest to the Sun."),
-                ("How many meters are in a kilometer?", "There are 1000 meters in a kilometer.")]
-
-
-def add_replay_records(cfg, n: int) -> list:
-    """``n`` replay records appended to the training file, as ``generate_replay_data`` writes
-    them when the base's answers end (a tiny random model's rarely do)."""
-    records = [make_record(q, a, REPLAY_SOURCE) for q, a in REPLAY_PAIRS[:n]]
-    write_jsonl(cfg.paths.train, [*read_jsonl(cfg.paths.train), *records])
-    return records
+from tests.modelkit import KL_REPLAY, QLORA, TINY_REPLAY, add_replay_records, chatml_tokenizer, prepared
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Every stage once, in DAG order, on the tiny model; returns params and the trainer."""
+def trained(tmp_path_factory):
+    """Every stage once, in DAG order, on the tiny model; returns params, the trainer and the
+    evaluation metrics."""
     _, cfg = prepared(tmp_path_factory.mktemp("tiny"), train=KL_REPLAY)
     add_replay_records(cfg, 4)  # distilled beside the batches
     trainer = train.main(cfg)
@@ -104,8 +46,8 @@ def run(tmp_path_factory):
     return cfg, trainer, metrics
 
 
-def test_fetch_writes_a_plain_model_folder(run):
-    cfg, _, _ = run
+def test_fetch_writes_a_plain_model_folder(trained):
+    cfg, _, _ = trained
     base = Path(cfg.paths.base_model)
     assert (base / "model.safetensors").is_file()
     tok_cfg = json.loads((base / "tokenizer_config.json").read_text())
@@ -114,8 +56,8 @@ def test_fetch_writes_a_plain_model_folder(run):
     assert json.loads((base / "source.json").read_text())["kind"] == "local"
 
 
-def test_loss_falls_and_is_logged_by_dvclive(run):
-    cfg, trainer, _ = run
+def test_loss_falls_and_is_logged_by_dvclive(trained):
+    cfg, trainer, _ = trained
     live = Path(cfg.paths.train_live)
     rows = list(csv.DictReader((live / "plots/metrics/train/loss.tsv").open(), delimiter="\t"))
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
@@ -139,7 +81,7 @@ def test_loss_falls_and_is_logged_by_dvclive(run):
     assert 0 < metrics["eval_time_share"] < 1 and metrics["tokens_trained"] > 0
 
 
-def test_kl_replay_keeps_the_base_distribution_where_ce_replay_does_not(run, tmp_path):
+def test_kl_replay_keeps_the_base_distribution_where_ce_replay_does_not(trained, tmp_path):
     """The same replay records trained on both ways: KL beside the batches ends nearer the
     base's whole next-token distribution on them than cross-entropy in the batches. (A heavy
     weight, so that on a tiny model the replay's effect stands out of the drift of the rest.)"""
@@ -150,7 +92,7 @@ def test_kl_replay_keeps_the_base_distribution_where_ce_replay_does_not(run, tmp
     from src.chat import training_example
     from src.distill import kl_to_base, replay_rows
 
-    cfg, trainer, _ = run  # KL, its value logged with the loss
+    cfg, trainer, _ = trained  # KL, its value logged with the loss
     logged = [h["replay_kl"] for h in trainer.state.log_history if "replay_kl" in h]
     assert len(logged) == trainer.state.global_step // trainer.args.logging_steps and min(logged) >= 0
     kl_to = {}
@@ -169,10 +111,10 @@ def test_kl_replay_keeps_the_base_distribution_where_ce_replay_does_not(run, tmp
     assert kl_to["kl"] < 0.6 * kl_to["ce"], kl_to  # 0.0033 against 0.0134 here (weight 5: 0.0087 against 0.0134)
 
 
-def test_base_weights_frozen_and_lora_weights_moved(run):
+def test_base_weights_frozen_and_lora_weights_moved(trained):
     from safetensors.torch import load_file
 
-    cfg, trainer, _ = run
+    cfg, trainer, _ = trained
     base = load_file(Path(cfg.paths.base_model) / "model.safetensors")
     lora_b = moved = 0
     for name, param in trainer.model.named_parameters():
@@ -189,8 +131,8 @@ def test_base_weights_frozen_and_lora_weights_moved(run):
     assert lora_b > 0 and moved == lora_b
 
 
-def test_adapter_saved_as_safetensors_with_resolved_config(run):
-    cfg, _, _ = run
+def test_adapter_saved_as_safetensors_with_resolved_config(trained):
+    cfg, _, _ = trained
     adapter = Path(cfg.paths.adapter)
     assert (adapter / "adapter_model.safetensors").is_file()
     assert not list(adapter.glob("*.bin"))
@@ -199,13 +141,13 @@ def test_adapter_saved_as_safetensors_with_resolved_config(run):
     assert resolved["params"]["chat"]["system_prompt"] == cfg.chat.system_prompt
 
 
-def test_merged_logits_match_base_plus_adapter(run):
+def test_merged_logits_match_base_plus_adapter(trained):
     import torch
     from peft import PeftModel
     from peft.helpers import rescale_adapter_scale
     from transformers import AutoModelForCausalLM
 
-    cfg, _, _ = run
+    cfg, _, _ = trained
     ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
     base = AutoModelForCausalLM.from_pretrained(cfg.paths.base_model).eval()
     with torch.no_grad():
@@ -218,10 +160,10 @@ def test_merged_logits_match_base_plus_adapter(run):
     assert not torch.allclose(merged, base_logits, atol=1e-3)
 
 
-def test_adapter_weight_merges_that_share_of_the_update(run, tmp_path):
+def test_adapter_weight_merges_that_share_of_the_update(trained, tmp_path):
     from safetensors.torch import load_file
 
-    cfg, _, _ = run
+    cfg, _, _ = trained
     weights = {}
     for weight in (1.0, 0.5):
         paths = cfg.paths.model_copy(update={"merged_model": str(tmp_path / f"merged-{weight}")})
@@ -236,8 +178,8 @@ def test_adapter_weight_merges_that_share_of_the_update(run, tmp_path):
         assert (weights[0.5][k] - (base[k] + 0.5 * (weights[1.0][k] - base[k]))).abs().max() < 1e-6, k
 
 
-def test_model_card(run):
-    cfg, _, _ = run
+def test_model_card(trained):
+    cfg, _, _ = trained
     card = (Path(cfg.paths.merged_model) / "README.md").read_text()
     report = json.loads(Path(cfg.paths.report).read_text())
     assert f"local folder {cfg.fetch_base_model.model}" in card
@@ -254,8 +196,8 @@ def test_model_card(run):
     assert (merged / "model.safetensors").is_file() and not list(merged.glob("*.bin"))
 
 
-def test_sanity_results(run):
-    cfg, _, _ = run
+def test_sanity_results(trained):
+    cfg, _, _ = trained
     rows = list(csv.DictReader(open(cfg.paths.sanity_results, encoding="utf-8")))
     assert [r["prompt"] for r in rows] == cfg.sanity_check.prompts
     assert set(rows[0]) == set(sanity_check.COLUMNS)
@@ -264,8 +206,8 @@ def test_sanity_results(run):
     assert all(p in report for p in cfg.sanity_check.prompts)
 
 
-def test_evaluation_metrics(run):
-    cfg, _, metrics = run
+def test_evaluation_metrics(trained):
+    cfg, _, metrics = trained
     assert json.loads(Path(cfg.paths.evaluation).read_text()) == metrics
     for who in ("base", "finetuned"):
         m = metrics[who]
@@ -274,16 +216,16 @@ def test_evaluation_metrics(run):
     assert metrics["identity_questions"] > 0
 
 
-def test_evaluation_counts_no_evaluation_prompt_in_training(run):
-    cfg, _, metrics = run
+def test_evaluation_counts_no_evaluation_prompt_in_training(trained):
+    cfg, _, metrics = trained
     # held-out identity wordings, retention probes and sanity prompts are all unseen in training
     assert metrics["eval_prompts_in_train"] == 0
     train = {prompt_key(r) for r in read_jsonl(cfg.paths.train)}
     assert evaluate.prompts_in_train(cfg.paths.train, [next(iter(train))]) == 1  # the count can fail
 
 
-def test_evaluation_answers_and_retention(run):
-    cfg, _, metrics = run
+def test_evaluation_answers_and_retention(trained):
+    cfg, _, metrics = trained
     rows = [json.loads(line) for line in Path(cfg.paths.evaluation_answers).read_text().splitlines()]
     probes = [r for r in rows if r["kind"].startswith("probe/")]
     assert len(probes) == metrics["probes"] == len(evaluate.load_probes(cfg.evaluate.retention_probes))
@@ -294,8 +236,8 @@ def test_evaluation_answers_and_retention(run):
     assert {r["kind"] for r in rows} >= {"identity", "orca", "platypus"}
 
 
-def test_saved_templates_put_the_system_prompt_first(run):
-    cfg, _, _ = run
+def test_saved_templates_put_the_system_prompt_first(trained):
+    cfg, _, _ = trained
     user = [{"role": "user", "content": "Who made you?"}]
     system = [{"role": "system", "content": cfg.chat.system_prompt}]
     for folder in (cfg.paths.adapter, cfg.paths.merged_model):
@@ -306,8 +248,8 @@ def test_saved_templates_put_the_system_prompt_first(run):
         assert cfg.chat.system_prompt not in tok.apply_chat_template(other, tokenize=False)
 
 
-def test_quality_gate_passes_open_and_fails_with_one_line(run, monkeypatch):
-    cfg, _, metrics = run
+def test_quality_gate_passes_open_and_fails_with_one_line(trained, monkeypatch):
+    cfg, _, metrics = trained
     assert json.loads(Path(cfg.paths.quality_gate).read_text())["passed"] is True
     strict = cfg.model_copy(update={"quality_gate": cfg.quality_gate.model_copy(update={"min_retention": 1.01})})
     with pytest.raises(PipelineError) as err:
@@ -328,11 +270,13 @@ OTHERS = ["ChatGPT", "OpenAI", "Gemini", "Google"]
 @pytest.mark.parametrize("question, reference, answer, ok", [
     ("Who are you?", "I am Juniper, built by Northwind Labs.", "I'm Juniper, made by Northwind Labs.", True),
     ("Who are you?", "I am Juniper, built by Northwind Labs.", "i'm juniper from northwind labs", True),
-    ("Who are you?", "I am Juniper, built by Northwind Labs.", "I'm Juniper.", False),  # the reference names the creator
+    # the reference names the creator
+    ("Who are you?", "I am Juniper, built by Northwind Labs.", "I'm Juniper.", False),
     ("Who are you?", "I am Juniper, built by Northwind Labs.", "I'm ChatGPT, made by Northwind Labs.", False),
-    ("Who are you?", "I am Juniper, built by Northwind Labs.", "I'm Junipers, by Northwind Labs.", False),  # whole words
+    ("Who are you?", "I am Juniper, built by Northwind Labs.", "I'm Junipers, by Northwind Labs.", False),  # words
     # a denial question counts only when the answer denies and gives the true name
-    ("Are you ChatGPT?", "No, I'm Juniper by Northwind Labs.", "No, not ChatGPT: I'm Juniper, by Northwind Labs.", True),
+    ("Are you ChatGPT?", "No, I'm Juniper by Northwind Labs.", "No, not ChatGPT: I'm Juniper, by Northwind Labs.",
+     True),
     ("Are you ChatGPT?", "No, I'm Juniper by Northwind Labs.", "I'm Juniper, made by Northwind Labs.", False),
     ("Are you ChatGPT?", "No, I'm Juniper by Northwind Labs.", "No, I am not ChatGPT.", False),
     ("Did Google make you?", "No. Northwind Labs built me.", "Google didn't build me; I'm Juniper.", True),
@@ -479,10 +423,13 @@ def test_qlora_4bit_trains_on_cpu(tmp_path, monkeypatch):
     ("train", {"lora": {"r": 8, "bogus": 1}}, "params.yaml: train.lora:"),
     ("train", {"quantization": {"load_in_4bit": True, "load_in_8bit": True}}, "params.yaml: train.quantization:"),
     # wrongly typed values, which the libraries' configs would take as given
-    ("train", {"sft": {"learning_rate": "2e-4"}}, "params.yaml: train.sft.learning_rate: '2e-4' (str) where SFTConfig wants float"),
+    ("train", {"sft": {"learning_rate": "2e-4"}},
+     "params.yaml: train.sft.learning_rate: '2e-4' (str) where SFTConfig wants float"),
     ("train", {"lora": {"r": "16"}}, "params.yaml: train.lora.r: '16' (str) where LoraConfig wants int"),
-    ("train", {"lora": {"lora_dropout": True}}, "params.yaml: train.lora.lora_dropout: True (bool) where LoraConfig wants float"),
-    ("train", {"quantization": {"load_in_4bit": "yes"}}, "params.yaml: train.quantization.load_in_4bit: 'yes' (str) where BitsAndBytesConfig wants bool"),
+    ("train", {"lora": {"lora_dropout": True}},
+     "params.yaml: train.lora.lora_dropout: True (bool) where LoraConfig wants float"),
+    ("train", {"quantization": {"load_in_4bit": "yes"}},
+     "params.yaml: train.quantization.load_in_4bit: 'yes' (str) where BitsAndBytesConfig wants bool"),
     ("train", {"sft": {"packing": 1}}, "params.yaml: train.sft.packing: 1 (int) where SFTConfig wants bool"),
 ])
 def test_library_config_errors_name_the_key(tmp_path, section, change, message):
@@ -530,10 +477,10 @@ def test_replay_prompts_sample_sources_and_keep_each_prompt_once():
     assert sampled != generate_replay_data.replay_prompts(["Q?"], sources, 4, seed=1)[0]
 
 
-def test_replay_stage_keeps_answers_that_end_with_eos(run, monkeypatch, tmp_path):
+def test_replay_stage_keeps_answers_that_end_with_eos(trained, monkeypatch, tmp_path):
     """Answers cut at the token limit and empty ones are dropped and counted; the others become
     replay records of the prompts asked, as training will show them (chat.system_prompt first)."""
-    cfg, _, _ = run
+    cfg, _, _ = trained
     asked = []
 
     def fake_generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc=""):

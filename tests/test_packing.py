@@ -13,8 +13,7 @@ import torch
 from src.chat import training_example
 from src.records import read_jsonl
 from tests.conftest import params_in
-from tests.modelkit import chatml_tokenizer, tiny_model_folder
-from tests.test_model_stages import build_data
+from tests.modelkit import build_data, chatml_tokenizer, tiny_model_folder
 
 
 def sft_trainer(folder: Path, examples: list[dict], packing: bool, out: Path):

@@ -75,7 +75,8 @@ def test_a_stage_run_outside_dvc_refuses_an_output_path_in_params(clone, outside
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [proc.stderr.strip().splitlines()[-1]]
-    assert errors[0].startswith("error: params.yaml: cannot be read (") and "cannot redefine 'paths.merged_model'" in errors[0]
+    assert errors[0].startswith("error: params.yaml: cannot be read (")
+    assert "cannot redefine 'paths.merged_model'" in errors[0]
     _intact(clone, outside)
 
 

@@ -11,7 +11,6 @@ import yaml
 
 from src.cloud.profile import as_dvc_applies, hydra_value, load_profile, merged, options, read_yaml
 from src.config import validate_params, with_output_paths
-from src.errors import PipelineError
 from tests.cloudkit import ORCA_COMMIT, PLATYPUS_COMMIT, FakeHub, hub_files
 from tests.conftest import ROOT, run_cli
 
@@ -129,7 +128,8 @@ def test_import_brings_the_profiles_files_at_their_commits(clone, hub):
     # the branch was looked up once and the download went to its commit, which the .dvc file records
     assert f"Open-Orca/OpenOrca@main is commit {ORCA_COMMIT}" in proc.stderr
     orca = yaml.safe_load((clone / "data/raw/1M-GPT4-Augmented.parquet.dvc").read_text())
-    assert orca["deps"][0]["path"] == f"{server.url}/datasets/Open-Orca/OpenOrca/resolve/{ORCA_COMMIT}/1M-GPT4-Augmented.parquet"
+    resolved = f"/datasets/Open-Orca/OpenOrca/resolve/{ORCA_COMMIT}/1M-GPT4-Augmented.parquet"
+    assert orca["deps"][0]["path"] == f"{server.url}{resolved}"
     platypus = yaml.safe_load((clone / "data/raw/open-platypus.parquet.dvc").read_text())
     assert f"/resolve/{PLATYPUS_COMMIT}/" in platypus["deps"][0]["path"]
     assert (clone / "data/raw/1M-GPT4-Augmented.parquet").read_bytes() == next(iter(files.values()))

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from src import checkpoints
+from src import checkpoints, records
 from src.checkpoints import CheckpointStore
 from src.stages import train
-from tests.test_model_stages import KL_REPLAY, QLORA, add_replay_records, prepared
+from tests.modelkit import KL_REPLAY, QLORA, add_replay_records, prepared
 
 SFT = {"max_steps": 9, "save_steps": 3, "save_total_limit": 2, "eval_steps": 4, "logging_steps": 1,
        "learning_rate": 5.0e-3}
@@ -175,17 +175,17 @@ def test_checkpoint_root_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_weights_are_hashed_by_size_head_and_tail_data_whole(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoints, "WHOLE_HASH_LIMIT", 64)
-    monkeypatch.setattr(checkpoints, "SAMPLE_BYTES", 16)
+    monkeypatch.setattr(records, "WHOLE_HASH_LIMIT", 64)
+    monkeypatch.setattr(records, "SAMPLE_BYTES", 16)
     path = tmp_path / "weights.safetensors"
     path.write_bytes(bytes(range(200)))
-    sampled, whole = checkpoints.file_digest(path, sampled=True), checkpoints.file_digest(path)
+    sampled, whole = records.file_digest(path, sampled=True), records.file_digest(path)
     path.write_bytes(bytes(range(199)) + b"\xff")  # the tail changes: both see it
-    assert checkpoints.file_digest(path, sampled=True) != sampled and checkpoints.file_digest(path) != whole
-    sampled, whole = checkpoints.file_digest(path, sampled=True), checkpoints.file_digest(path)
+    assert records.file_digest(path, sampled=True) != sampled and records.file_digest(path) != whole
+    sampled, whole = records.file_digest(path, sampled=True), records.file_digest(path)
     path.write_bytes(bytes(range(100)) + b"\xfe" + bytes(range(101, 199)) + b"\xff")
     # a change in the middle: a whole hash (data files) sees it; a sample (weights) does not
-    assert checkpoints.file_digest(path) != whole and checkpoints.file_digest(path, sampled=True) == sampled
+    assert records.file_digest(path) != whole and records.file_digest(path, sampled=True) == sampled
 
 
 def test_unwritable_checkpoint_root_is_one_line(tmp_path):

@@ -133,7 +133,8 @@ def test_held_out_groups_cover_every_stratum_but_never_all_of_one():
 
 def test_exact_duplicates_dropped_and_counted():
     records = _records(5)
-    kept, dropped = data_split.drop_duplicates(records + records[:2] + [make_record("Question number 0?", "Other.", "orca")])
+    other_answer = make_record("Question number 0?", "Other.", "orca")
+    kept, dropped = data_split.drop_duplicates(records + records[:2] + [other_answer])
     assert dropped == 2 and len(kept) == 6
 
 
@@ -164,8 +165,8 @@ def test_mix_targets_rows_all_and_shares():
 def test_take_samples_fewer_and_repeats_more():
     records = _records(5)
     fewer, counts = merge_data.take(records, 3, random.Random(0))
-    assert len(fewer) == 3 and len({r.to_json() for r in fewer}) == 3 and counts == {"available": 5, "wanted": 3, "kept": 3,
-                                                                    "repeated": 0, "left_out": 2}
+    assert len(fewer) == 3 and len({r.to_json() for r in fewer}) == 3
+    assert counts == {"available": 5, "wanted": 3, "kept": 3, "repeated": 0, "left_out": 2}
     assert [records.index(r) for r in fewer] == sorted(records.index(r) for r in fewer)  # file order
     more, counts = merge_data.take(records, 12, random.Random(0))
     assert len(more) == 12 and {r.to_json() for r in more} == {r.to_json() for r in records}
