@@ -75,22 +75,15 @@ def params_in(tmp: Path, **overrides: dict) -> Params:
     return validate_params(raw)
 
 
-def stage_outputs(repo: Path = ROOT) -> dict[str, dict[str, list[str]]]:
+def stage_outputs(repo: Path = ROOT) -> dict[str, list[str]]:
     """dvc.yaml's stages as DVC resolves them (``foreach`` expanded, ``${paths.*}`` filled in):
-    stage name (``process_data@orca``) -> ``{"outs": [...], "metrics": [...], "plots": [...]}``,
-    each path relative to the repository, as declared."""
+    stage name (``process_data@orca``) -> every output it declares, relative to the repository."""
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
 
-    found = {}
     with Repo(str(repo)) as dvc_repo:
-        for stage in dvc_repo.index.stages:
-            if isinstance(stage, PipelineStage):
-                kinds = {"outs": [], "metrics": [], "plots": []}
-                for out in stage.outs:
-                    kinds["metrics" if out.metric else "plots" if out.plot else "outs"].append(out.def_path)
-                found[stage.addressing] = kinds
-    return found
+        return {stage.addressing: [out.def_path for out in stage.outs]
+                for stage in dvc_repo.index.stages if isinstance(stage, PipelineStage)}
 
 
 def cli_env(env: dict[str, str | None] | None = None) -> dict[str, str]:

@@ -32,11 +32,10 @@ SECRETS = {name: f"{prefix}{secrets.token_hex(12)}" for name, prefix in (
     ("HF_TOKEN", "hf_"), ("WANDB_API_KEY", ""), ("DVC_STUDIO_TOKEN", "isat_"), ("AWS_ACCESS_KEY_ID", "AKIA"),
     ("AWS_SECRET_ACCESS_KEY", ""), ("AWS_SESSION_TOKEN", ""), ("GITHUB_TOKEN", "ghp_"), ("GIT_PASSWORD", ""))}
 PATHS = output_paths(ROOT)  # dvc.yaml's vars: where each stage writes
-# stage (as dvc names it) -> the outputs it declares in dvc.yaml (outs and metrics), but the live
-# metrics and plots that training writes as it goes (dvclive, under paths.train_live), by design
-OUTS = {stage: [path for path in kinds["outs"] + kinds["metrics"]
-                if not path.startswith(f"{PATHS['train_live']}/")]
-        for stage, kinds in stage_outputs(ROOT).items()}
+# stage (as dvc names it) -> the outputs it declares in dvc.yaml, but the live metrics and plots
+# that training writes as it goes (dvclive, under paths.train_live), by design
+OUTS = {stage: [path for path in outs if not path.startswith(f"{PATHS['train_live']}/")]
+        for stage, outs in stage_outputs(ROOT).items()}
 COMPARED = [PATHS["train"], PATHS["val"], PATHS["report"], PATHS["sanity_results"],
             f"{PATHS['export']}/model-q8_0.gguf", f"{PATHS['export']}/Modelfile"]
 
