@@ -363,8 +363,8 @@ def run(name: str, cfg, model, tokenizer, examples: list[dict], sft_overrides: d
     result: dict = {"name": name}
     try:
         train = cfg.train.model_copy(update={"sft": {**cfg.train.sft, **sft_overrides}})
-        _, _, lora_config, sft = build_configs(cfg.model_copy(update={"train": train}),
-                                               tempfile.mkdtemp(prefix=f"gpu-check-{name}-"))
+        configs = build_configs(cfg.model_copy(update={"train": train}), tempfile.mkdtemp(prefix=f"gpu-check-{name}-"))
+        lora_config, sft = configs.lora, configs.sft
         trainer = SFTTrainer(model=model, args=sft, processing_class=tokenizer, peft_config=lora_config,
                              train_dataset=Dataset.from_list(examples))
         cut = sft.max_length
@@ -476,7 +476,8 @@ def main() -> None:
     cfg = gpu_config(ROOT, folder, args.steps, cuda)
     from src.stages.train import build_configs
 
-    dtype, quantization, _, sft = build_configs(cfg, tempfile.mkdtemp(prefix="gpu-check-"))
+    configs = build_configs(cfg, tempfile.mkdtemp(prefix="gpu-check-"))
+    dtype, quantization, sft = configs.dtype, configs.quantization, configs.sft
     start = time.perf_counter()
     model = load_model(folder, dtype, quantization)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=sft.gradient_checkpointing)

@@ -242,6 +242,7 @@ class TrainParams(Section):
 
     seed: Seed
     precision: Literal["auto", "fp32", "bf16", "fp16"]
+    attention: Literal["auto", "flash_attention_2", "flex_attention", "sdpa", "eager"]
     eval_records: Annotated[int, Field(ge=1)]
     over_length: Literal["truncate", "drop"]
     distributed: Literal["none", "ddp", "fsdp"]

@@ -12,6 +12,7 @@ writes with :mod:`src.modeling`, so a change here reruns the fetch, not training
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -170,15 +171,39 @@ def check_template_ends_turns_with_eos(tokenizer, where: Path) -> None:
                             "(choose another with fetch_base_model.chat_template)")
 
 
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """transformers parses a GGUF file's metadata anew for the config, the weights and the
+    tokenizer (gguf's ``GGUFReader``, about 3.5 s each for SmolLM2's 49k-token vocabulary on 2
+    cores). Inside this block each file is parsed once: the reader is read-only (a memory map)."""
+    import gguf
+
+    real = gguf.GGUFReader
+    readers: dict[tuple, object] = {}
+
+    def reader(path, *args, **kwargs):
+        key = (str(Path(path).resolve()), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = real(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = real
+
+
 def _convert_gguf(path: Path, dest: Path) -> None:
     """Dequantize the GGUF checkpoint into float32 safetensors plus its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    log.info("converting %s (about 30 s on 2 cores)", path)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    config = loaded.config
-    tokenizer = gguf_tokenizer(path, config)
+    log.info("converting %s (about 20 s on 2 cores)", path)
+    with gguf_parsed_once():
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        config = loaded.config
+        tokenizer = gguf_tokenizer(path, config)
     # A model that remembers it was read from GGUF refuses to save; rebuild it as a plain one
     # (on the meta device: its random initialisation would be thrown away).
     if hasattr(config, "quantization_config"):

@@ -96,16 +96,53 @@ def device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def compute_dtype(precision: str):
-    """``auto``: bf16 on GPUs that support it, else fp16 on GPU; fp32 on CPU."""
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 arithmetic
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), by the flags the kernel
+    lists; False where there is no /proc/cpuinfo (bf16 there is emulated, slower than fp32)."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str) -> str:
+    """``train.precision`` as this machine runs it: ``auto`` is bf16 on GPUs that support it,
+    else fp16; on CPU bf16 where the CPU has bf16 instructions, else fp32. A forced value is kept."""
     import torch
 
-    if precision == "auto":
-        if device_kind() == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if precision != "auto":
+        return precision
+    if device_kind() == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def compute_dtype(precision: str):
+    """The dtype the math runs in (:func:`resolve_precision`): the weights' dtype for inference,
+    autocast's for training on CPU."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision)]
+
+
+def weights_dtype(precision: str):
+    """The dtype a trained or merged model's weights are held in: the compute dtype on GPU; fp32
+    on CPU, where training computes under bf16 autocast over fp32 weights (a bf16 step is no
+    faster without autocast, and merged weights keep full precision)."""
+    import torch
+
+    return compute_dtype(precision) if device_kind() == "cuda" else torch.float32
+
+
+def inference_attention() -> str | None:
+    """The attention kernel for generation: eager on CPU (about 15% faster than sdpa's CPU
+    kernel on short batched prompts, bench/RESULTS.md), the model's default elsewhere."""
+    return "eager" if device_kind() == "cpu" else None
 
 
 def weights_bytes(path: str | Path, dtype) -> int:
@@ -144,16 +181,17 @@ def merge_device(path: str | Path, dtype, headroom: float = 1.2) -> str:
 
 
 def load_model(path: str | Path, dtype, quantization: dict | None = None,
-               trust_remote_code: bool = False, device: str | None = None):
+               trust_remote_code: bool = False, device: str | None = None, attention: str | None = None):
     """A causal LM in ``dtype``; with ``quantization`` (BitsAndBytesConfig fields), quantized on
-    load; ``device`` ``cpu`` keeps it in CPU memory even where there is a GPU."""
+    load; ``device`` ``cpu`` keeps it in CPU memory even where there is a GPU; ``attention``
+    names transformers' attention implementation (None: the model's default)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     _require_folder(path)
     if not any(Path(path).glob("*.safetensors")):
         raise PipelineError(f"{path}: no model weights (*.safetensors); run dvc repro fetch_base_model")
     check_weight_digests(Path(path))
-    kwargs = {}
+    kwargs = {"attn_implementation": attention} if attention else {}
     if quantization:
         kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
     if device_kind() == "cuda" and device != "cpu":
@@ -185,7 +223,10 @@ def keep_4bit_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_for_inference(path: str | Path, precision: str, trust_remote_code: bool = False):
-    """Tokenizer and unquantized model of a folder, as the sanity check and evaluation use them."""
+def load_for_inference(path: str | Path, precision: str, trust_remote_code: bool = False, dtype=None):
+    """Tokenizer and unquantized model of a folder, as the sanity check, evaluation and replay
+    generation use them: weights in ``dtype``, by default the compute dtype (bf16 on CPUs that
+    have it: generation about 1.7x faster than fp32, bench/RESULTS.md)."""
     return (load_tokenizer(path, trust_remote_code),
-            load_model(path, compute_dtype(precision), None, trust_remote_code))
+            load_model(path, dtype or compute_dtype(precision), None, trust_remote_code,
+                       attention=inference_attention()))

@@ -243,3 +243,16 @@ def test_smollm2_gguf_tokenizer_special_tokens():
     tok = fetching.gguf_tokenizer()
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert tok.pad_token_id != tok.eos_token_id
+
+
+def test_gguf_file_parsed_once_while_converting(monkeypatch):
+    """transformers reads a GGUF file for the config, the weights and the tokenizer: in the
+    conversion each file is parsed once, and the reader is the library's again afterwards."""
+    import gguf
+
+    made = []
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path, *a, **k: made.append(str(path)) or object())
+    with fetching.gguf_parsed_once():
+        first, again, other = gguf.GGUFReader("a.gguf"), gguf.GGUFReader(Path("a.gguf")), gguf.GGUFReader("b.gguf")
+    assert first is again and other is not first and made == ["a.gguf", "b.gguf"]
+    assert gguf.GGUFReader("a.gguf") is not first and len(made) == 3

@@ -446,7 +446,8 @@ def test_library_fields_of_the_right_types_pass_nested_dicts_included(tmp_path):
     cfg = params_in(tmp_path, train={"sft": {**base.sft, "gradient_checkpointing": True, "learning_rate": 2,
                                              "gradient_checkpointing_kwargs": {"use_reentrant": False}},
                                      "lora": {**base.lora, "target_modules": ["q_proj", "v_proj"]}})
-    _, _, lora, sft = train.build_configs(cfg, str(tmp_path))
+    configs = train.build_configs(cfg, str(tmp_path))
+    lora, sft = configs.lora, configs.sft
     assert sft.gradient_checkpointing_kwargs == {"use_reentrant": False} and sft.learning_rate == 2
     assert set(lora.target_modules) == {"q_proj", "v_proj"}
 

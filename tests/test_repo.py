@@ -121,9 +121,11 @@ def test_gpu_profile_is_valid_params(tmp_path):
     # the upstream files, not the samples
     assert {cfg.datasets["orca"].path, cfg.datasets["platypus"].path} == set(imports)
     assert cfg.datasets["orca"].subset_rows is None and cfg.datasets["platypus"].subset_rows is None
-    _, quantization, lora, sft = build_configs(cfg, str(tmp_path))
+    configs = build_configs(cfg, str(tmp_path))
+    quantization, lora, sft = configs.quantization, configs.lora, configs.sft
     assert quantization["bnb_4bit_quant_type"] == "nf4" and quantization["bnb_4bit_use_double_quant"]
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (64, 16, 0.1)
     assert (sft.learning_rate, sft.optim, sft.weight_decay, sft.num_train_epochs) == \
         (2e-4, "paged_adamw_32bit", 0.001, 5)
-    assert sft.packing and sft.per_device_train_batch_size == 4 and sft.max_length == 1024 and sft.warmup_steps == 0.03
+    rows_per_step = sft.per_device_train_batch_size * sft.gradient_accumulation_steps  # one per forward without flash
+    assert sft.packing and rows_per_step == 4 and sft.max_length == 1024 and sft.warmup_steps == 0.03

@@ -5,7 +5,9 @@ everything it says toward that set: it forgets facts and names itself where nobo
 Self-distillation replay keeps the base model's behaviour on everything else: the base
 model answers general prompts, greedily, and those answers join the training set as the
 ``replay`` source ("Self-Distillation Bridges Distribution Gap in Language Model
-Fine-Tuning", Yang et al., ACL 2024).
+Fine-Tuning", Yang et al., ACL 2024). The answers are training data, so they are generated
+with the weights in the precision training holds them in (fp32 on CPU, where bf16 is only
+autocast): the same answers whether or not the CPU computes in bf16.
 
 The prompts are the questions in ``generate_replay_data.questions`` and the training prompts
 of the sources in ``generate_replay_data.sources`` (never their validation prompts), at most
@@ -30,7 +32,7 @@ from src.cli import run
 from src.config import REPLAY_SOURCE, Params
 from src.errors import PipelineError
 from src.generation import generate
-from src.modeling import load_for_inference
+from src.modeling import load_for_inference, weights_dtype
 from src.records import Record, Turn, read_jsonl, read_yaml, turns_key, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,8 @@ def main(cfg: Params) -> dict:
                                                              p.max_prompts, p.seed)
         log.info("asking the base model %d prompts (at most %d new tokens each)", len(prompts), p.max_new_tokens)
         tokenizer, model = load_for_inference(paths.base_model, cfg.train.precision,
-                                              cfg.fetch_base_model.trust_remote_code)
+                                              cfg.fetch_base_model.trust_remote_code,
+                                              dtype=weights_dtype(cfg.train.precision))
         conversations = [conversation(prompt, cfg.chat.system_prompt) for prompt in prompts]
         answers = generate(model, tokenizer, conversations, p.max_new_tokens, p.batch_size, desc="replay answers")
         for prompt, answer in zip(prompts, answers):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from src.cli import run
 from src.config import Params
-from src.modeling import SOURCE_FILE, TRAIN_CONFIG_FILE, compute_dtype, load_model, load_tokenizer, merge_device
+from src.modeling import SOURCE_FILE, TRAIN_CONFIG_FILE, load_model, load_tokenizer, merge_device, weights_dtype
 from src.records import output_folder, read_json
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def main(cfg: Params) -> None:
     paths = cfg.paths
     base_dir, adapter_dir, out = Path(paths.base_model), Path(paths.adapter), Path(paths.merged_model)
     train_config = read_json(adapter_dir / TRAIN_CONFIG_FILE)
-    dtype = compute_dtype(cfg.train.precision)
+    dtype = weights_dtype(cfg.train.precision)  # fp32 on CPU, where training kept fp32 weights
     device = merge_device(base_dir, dtype)  # the GPU when the model fits it, else CPU memory
     log.info("loading %s in %s (never quantized for merging) on %s", base_dir,
              str(dtype).removeprefix("torch."), device)

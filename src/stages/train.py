@@ -47,8 +47,23 @@ from src.config import REPLAY_SOURCE, Params
 from src.distill import replay_rows, with_replay_kl
 from src.distributed import relaunch_if_needed
 from src.errors import PipelineError
-from src.modeling import TRAIN_CONFIG_FILE, compute_dtype, device_kind, load_model, load_tokenizer
+from src.modeling import (
+    TRAIN_CONFIG_FILE,
+    compute_dtype,
+    device_kind,
+    load_model,
+    load_tokenizer,
+    resolve_precision,
+    weights_dtype,
+)
 from src.records import output_folder, read_jsonl, write_json
+from src.throughput import (
+    AttentionPath,
+    autocast_flex_attention,
+    choose_attention,
+    score_labelled_positions_only,
+    split_rows,
+)
 
 if typing.TYPE_CHECKING:
     import torch
@@ -128,12 +143,14 @@ def check_library_types(tc) -> None:
 
 
 class LibraryConfigs(typing.NamedTuple):
-    """What ``build_configs`` makes of params (a tuple, so ``dtype, quantization, lora, sft = ...`` works)."""
+    """What ``build_configs`` makes of params."""
 
-    dtype: torch.dtype  # the compute dtype
+    dtype: torch.dtype  # the base weights' dtype as loaded (fp32 on CPU, where bf16 is autocast)
     quantization: dict | None  # BitsAndBytesConfig's fields for load_model; None unless train.quantized
     lora: LoraConfig
     sft: SFTConfig
+    precision: str  # the precision the math runs in: fp32, bf16 or fp16 (train.precision resolved)
+    attention: AttentionPath  # the attention kernel, and whether packed rows share a forward
 
 
 def build_configs(cfg: Params, output_dir: str) -> LibraryConfigs:
@@ -144,18 +161,21 @@ def build_configs(cfg: Params, output_dir: str) -> LibraryConfigs:
 
     tc = cfg.train
     check_library_types(tc)
-    dtype = compute_dtype(tc.precision)
+    precision = resolve_precision(tc.precision)
     on_cpu = device_kind() == "cpu"
+    if on_cpu and precision == "fp16":
+        raise PipelineError("train.precision: fp16 trains on GPUs only; on CPU use auto, bf16 or fp32")
     quantization = dict(tc.quantization)  # checked even when off, so a typo fails today
     if quantization.get("bnb_4bit_compute_dtype") == "auto":
-        quantization["bnb_4bit_compute_dtype"] = str(dtype).removeprefix("torch.")
+        quantization["bnb_4bit_compute_dtype"] = str(compute_dtype(precision)).removeprefix("torch.")
+    attention = choose_attention(tc.attention, device_kind(), tc.sft.get("packing", False))
     built = {}
     for key, make, fields in (
         ("quantization", BitsAndBytesConfig, quantization),
         ("lora", LoraConfig, dict(tc.lora)),
         ("sft", SFTConfig, {
-            **tc.sft, "output_dir": output_dir, "report_to": "none", "use_cpu": on_cpu,
-            "bf16": str(dtype) == "torch.bfloat16", "fp16": str(dtype) == "torch.float16",
+            **split_rows(tc.sft, attention), "output_dir": output_dir, "report_to": "none", "use_cpu": on_cpu,
+            "bf16": precision == "bf16", "fp16": precision == "fp16",  # autocast (on CPU over fp32 weights)
             "seed": tc.seed, "save_only_model": False, "include_num_input_tokens_seen": "non_padding",
         }),
     ):
@@ -163,7 +183,8 @@ def build_configs(cfg: Params, output_dir: str) -> LibraryConfigs:
             built[key] = make(**fields)
         except (TypeError, ValueError) as err:
             raise PipelineError(f"params.yaml: train.{key}: {err}") from err
-    return LibraryConfigs(dtype, quantization if tc.quantized else None, built["lora"], built["sft"])
+    return LibraryConfigs(weights_dtype(precision), quantization if tc.quantized else None, built["lora"],
+                          built["sft"], precision, attention)
 
 
 def jsonable(data: dict) -> dict:
@@ -390,8 +411,10 @@ def build_model(cfg: Params, configs: LibraryConfigs):
     from peft import prepare_model_for_kbit_training
 
     torch.manual_seed(cfg.train.seed)
+    if configs.attention.kernel == "flex_attention":
+        autocast_flex_attention()
     model = load_model(cfg.paths.base_model, configs.dtype, configs.quantization,
-                       cfg.fetch_base_model.trust_remote_code)
+                       cfg.fetch_base_model.trust_remote_code, attention=configs.attention.kernel)
     if configs.quantization:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=configs.sft.gradient_checkpointing)
     return model
@@ -419,6 +442,7 @@ def build_trainer(cfg: Params, model, tokenizer, configs: LibraryConfigs, exampl
     from trl import SFTTrainer
 
     replay = cfg.train.replay
+    score_labelled_positions_only()  # the output layer on the labelled positions alone
     trainer_class = with_replay_kl(SFTTrainer, examples.replay, replay.weight, replay.rows_per_batch, cfg.train.seed)
     trainer = resumable(trainer_class, store)(
         model=model, args=configs.sft, processing_class=tokenizer, peft_config=configs.lora,
@@ -442,8 +466,9 @@ def train_or_restore(trainer, resume: Path | None, ran: bool, callbacks: list) -
     return 0.0
 
 
-def summarize(trainer, examples: Examples, resume: Path | None, train_seconds: float) -> dict:
-    """The run's metrics: losses, steps, record counts, tokens and times."""
+def summarize(trainer, examples: Examples, resume: Path | None, train_seconds: float,
+              configs: LibraryConfigs) -> dict:
+    """The run's metrics: losses, steps, record counts, tokens and times, and how it computed."""
     history = trainer.state.log_history
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
     tokens = trainer.state.num_input_tokens_seen  # non-padding tokens the model computed on
@@ -466,6 +491,8 @@ def summarize(trainer, examples: Examples, resume: Path | None, train_seconds: f
         "eval_seconds": round(eval_seconds, 2),
         "eval_time_share": round(eval_seconds / train_seconds, 4) if train_seconds else 0.0,
         "tokens_per_second": round(tokens_this_run / train_seconds, 2) if train_seconds else 0.0,
+        "precision": configs.precision + (" autocast" if configs.dtype != compute_dtype(configs.precision) else ""),
+        "attention": configs.attention.name,
     }
 
 
@@ -522,8 +549,10 @@ def main(cfg: Params):
         tokenizer = chat_tokenizer(cfg)
         store = checkpoint_store(cfg)
         configs = build_configs(cfg, output_dir=str(store.dir))
-        log.info("training on %s in %s%s", device_kind(), str(configs.dtype).removeprefix("torch."),
-                 " with 4-bit/8-bit base weights" if configs.quantization else "")
+        log.info("training on %s in %s%s, attention: %s", device_kind(), configs.precision,
+                 " with 4-bit/8-bit base weights" if configs.quantization else
+                 " autocast over fp32 weights" if configs.dtype != compute_dtype(configs.precision) else "",
+                 configs.attention.name)
 
         # Data, the checkpoint to resume from, model, metrics writer, trainer.
         examples = prepare_examples(cfg, tokenizer, configs.sft)
@@ -538,7 +567,7 @@ def main(cfg: Params):
         train_seconds = train_or_restore(trainer, resume, ran, callbacks)
 
         # Save: metrics, adapter and tokenizer, then the spent checkpoints go.
-        summary = summarize(trainer, examples, resume, train_seconds)
+        summary = summarize(trainer, examples, resume, train_seconds, configs)
         adapter_state = gathered_adapter(trainer, ran)  # under FSDP every process takes part
         if live is not None:  # the writer of this machine
             write_summary(live, summary)
