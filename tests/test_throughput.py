@@ -68,7 +68,8 @@ def test_attention_path_is_chosen_by_what_the_machine_has(monkeypatch):
     monkeypatch.setattr(throughput, "flash_attention_available", lambda: False)
     assert choose_attention("auto", "cuda", packing=True).name == "flex_attention, flattened rows"
     monkeypatch.setattr(throughput, "flex_attention_available", lambda: False)
-    assert choose_attention("auto", "cuda", packing=True) == AttentionPath("sdpa", None)  # flattened: 4-bit weights dequantize once a forward
+    # flattened: 4-bit weights are dequantized once a forward
+    assert choose_attention("auto", "cuda", packing=True) == AttentionPath("sdpa", None)
 
 
 def test_rows_per_forward_keeps_the_rows_per_step():
