@@ -145,10 +145,9 @@ def show(r: dict) -> None:
           flush=True)
 
 
-def attention_paths(cfg, steps: int) -> list[dict]:
+def attention_paths(cfg, steps: int) -> None:
     """b with 4 packed rows a step and no evaluation, on each attention path this machine has."""
-    from src.modeling import device_kind
-    from src.throughput import flash_attention_available
+    from src.throughput import flash_attention_available, flex_attention_available
 
     rows = {"per_device_train_batch_size": 4, "eval_strategy": "no"}
     runs = [("sdpa-flattened", {"attention": "sdpa"}, True), ("sdpa-row", {"attention": "sdpa"}, False),
@@ -157,15 +156,12 @@ def attention_paths(cfg, steps: int) -> list[dict]:
         runs.append(("flash-varlen", {"attention": "flash_attention_2"}, False))
     else:
         print("      flash-varlen: not run: needs a CUDA GPU and the flash_attn package")
-    if device_kind() == "cuda":
+    if flex_attention_available():
         runs.append(("flex-document", {"attention": "flex_attention"}, False))
     else:
-        print("     flex-document: not run: torch has no flex attention backward on CPU")
-    results = []
+        print("     flex-document: not run: needs CUDA and Triton (torch has no flex attention backward on CPU)")
     for name, train, flattened in runs:
-        results.append(run(name, cfg, rows, eval_all=False, steps=steps, train_overrides=train, flattened=flattened))
-        show(results[-1])
-    return results
+        show(run(name, cfg, rows, eval_all=False, steps=steps, train_overrides=train, flattened=flattened))
 
 
 def main() -> None:

@@ -179,10 +179,10 @@ def gguf_parsed_once():
     import gguf
 
     real = gguf.GGUFReader
-    readers: dict[tuple, object] = {}
+    readers: dict[Path, object] = {}
 
     def reader(path, *args, **kwargs):
-        key = (str(Path(path).resolve()), args, tuple(sorted(kwargs.items())))
+        key = Path(path).resolve()
         if key not in readers:
             readers[key] = real(path, *args, **kwargs)
         return readers[key]

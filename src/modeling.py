@@ -223,10 +223,9 @@ def keep_4bit_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_for_inference(path: str | Path, precision: str, trust_remote_code: bool = False, dtype=None):
-    """Tokenizer and unquantized model of a folder, as the sanity check, evaluation and replay
-    generation use them: weights in ``dtype``, by default the compute dtype (bf16 on CPUs that
-    have it: generation about 1.7x faster than fp32, bench/RESULTS.md)."""
+def load_for_inference(path: str | Path, dtype, trust_remote_code: bool = False):
+    """Tokenizer and unquantized model of a folder in ``dtype``, as the sanity check, evaluation
+    and replay generation use them (the first two with :func:`compute_dtype`: bf16 on CPUs that
+    have it, generation about 1.7x faster than fp32, bench/RESULTS.md)."""
     return (load_tokenizer(path, trust_remote_code),
-            load_model(path, dtype or compute_dtype(precision), None, trust_remote_code,
-                       attention=inference_attention()))
+            load_model(path, dtype, None, trust_remote_code, attention=inference_attention()))

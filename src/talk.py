@@ -31,9 +31,9 @@ class Conversation:
 
     def __init__(self, model_dir: str | Path, max_new_tokens: int = 256, temperature: float = 0.0,
                  trust_remote_code: bool = False):
-        from src.modeling import load_for_inference
+        from src.modeling import compute_dtype, load_for_inference
 
-        self.tokenizer, self.model = load_for_inference(model_dir, "auto", trust_remote_code)
+        self.tokenizer, self.model = load_for_inference(model_dir, compute_dtype("auto"), trust_remote_code)
         self.model.eval()
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.history: list[Message] = []

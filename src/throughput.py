@@ -34,15 +34,11 @@ layer. Loss and gradients are equal within float rounding (tests/test_throughput
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from src.errors import PipelineError
 
-log = logging.getLogger(__name__)
-
 VARLEN = ("flash_attention_2", "flex_attention")  # kernels that skip the masked blocks of flattened rows
-KERNELS = (*VARLEN, "sdpa", "eager")
 
 
 @dataclass(frozen=True)

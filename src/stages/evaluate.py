@@ -58,7 +58,7 @@ from src.cli import run
 from src.config import IdentityParams, Params
 from src.errors import PipelineError
 from src.generation import Answer, generate
-from src.modeling import device_kind, load_for_inference
+from src.modeling import compute_dtype, device_kind, load_for_inference
 from src.records import Record, normalise, open_atomic, prompt_key, read_json, read_jsonl, read_yaml, write_json
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,8 @@ def score(model_dir: str, cfg: Params, val: list[Record], unseen: list[IdentityC
     ``unseen`` (``evaluate.identity_questions``), ``probes``, ``other``; for the ``base``, also
     ``probes_system``: the probes asked with ``chat.system_prompt`` first)."""
     ev, ident = cfg.evaluate, cfg.generate_identity_data
-    tokenizer, model = load_for_inference(model_dir, cfg.train.precision, cfg.fetch_base_model.trust_remote_code)
+    tokenizer, model = load_for_inference(model_dir, compute_dtype(cfg.train.precision),
+                                          cfg.fetch_base_model.trust_remote_code)
     loss = validation_loss(model, tokenizer, [training_example(r, cfg.chat.system_prompt) for r in val], cfg)
     identity = [r for r in val if r.source == IDENTITY_SOURCE]
     other = [r for r in val if r.source != IDENTITY_SOURCE]

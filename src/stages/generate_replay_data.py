@@ -74,9 +74,8 @@ def main(cfg: Params) -> dict:
         prompts, dropped["repeated_prompt"] = replay_prompts(load_questions(p.questions), source_prompts,
                                                              p.max_prompts, p.seed)
         log.info("asking the base model %d prompts (at most %d new tokens each)", len(prompts), p.max_new_tokens)
-        tokenizer, model = load_for_inference(paths.base_model, cfg.train.precision,
-                                              cfg.fetch_base_model.trust_remote_code,
-                                              dtype=weights_dtype(cfg.train.precision))
+        tokenizer, model = load_for_inference(paths.base_model, weights_dtype(cfg.train.precision),
+                                              cfg.fetch_base_model.trust_remote_code)
         conversations = [conversation(prompt, cfg.chat.system_prompt) for prompt in prompts]
         answers = generate(model, tokenizer, conversations, p.max_new_tokens, p.batch_size, desc="replay answers")
         for prompt, answer in zip(prompts, answers):

@@ -18,7 +18,7 @@ from pathlib import Path
 from src.cli import run
 from src.config import Params
 from src.generation import Answer, generate
-from src.modeling import load_for_inference
+from src.modeling import compute_dtype, load_for_inference
 from src.records import open_atomic
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ COLUMNS = ["prompt", "base_output", "base_hit_limit", "finetuned_output", "finet
 
 def answers_of(model_dir: str, cfg: Params, conversations: list, label: str) -> list[Answer]:
     sc = cfg.sanity_check
-    tokenizer, model = load_for_inference(model_dir, cfg.train.precision, cfg.fetch_base_model.trust_remote_code)
+    tokenizer, model = load_for_inference(model_dir, compute_dtype(cfg.train.precision),
+                                          cfg.fetch_base_model.trust_remote_code)
     return generate(model, tokenizer, conversations, sc.max_new_tokens, sc.batch_size, desc=label)
 
 

@@ -152,6 +152,11 @@ class LibraryConfigs(typing.NamedTuple):
     precision: str  # the precision the math runs in: fp32, bf16 or fp16 (train.precision resolved)
     attention: AttentionPath  # the attention kernel, and whether packed rows share a forward
 
+    @property
+    def computes(self) -> str:
+        """The precision as the train metrics record it: ``bf16 autocast`` over fp32 weights on CPU."""
+        return self.precision + (" autocast" if self.dtype != compute_dtype(self.precision) else "")
+
 
 def build_configs(cfg: Params, output_dir: str) -> LibraryConfigs:
     """The library configs from params; a wrong field fails here, naming its key."""
@@ -491,7 +496,7 @@ def summarize(trainer, examples: Examples, resume: Path | None, train_seconds: f
         "eval_seconds": round(eval_seconds, 2),
         "eval_time_share": round(eval_seconds / train_seconds, 4) if train_seconds else 0.0,
         "tokens_per_second": round(tokens_this_run / train_seconds, 2) if train_seconds else 0.0,
-        "precision": configs.precision + (" autocast" if configs.dtype != compute_dtype(configs.precision) else ""),
+        "precision": configs.computes,
         "attention": configs.attention.name,
     }
 
@@ -549,10 +554,8 @@ def main(cfg: Params):
         tokenizer = chat_tokenizer(cfg)
         store = checkpoint_store(cfg)
         configs = build_configs(cfg, output_dir=str(store.dir))
-        log.info("training on %s in %s%s, attention: %s", device_kind(), configs.precision,
-                 " with 4-bit/8-bit base weights" if configs.quantization else
-                 " autocast over fp32 weights" if configs.dtype != compute_dtype(configs.precision) else "",
-                 configs.attention.name)
+        log.info("training on %s in %s%s, attention: %s", device_kind(), configs.computes,
+                 " with 4-bit/8-bit base weights" if configs.quantization else "", configs.attention.name)
 
         # Data, the checkpoint to resume from, model, metrics writer, trainer.
         examples = prepare_examples(cfg, tokenizer, configs.sft)
