@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -211,6 +212,29 @@ def head_start(fixture: str, first: bool = False):
         return start
 
     return register
+
+
+# What the whole session writes at its peak, in the temporary folder (the clones, their DVC
+# caches, the real default model's run and its exports): measured in docs/testing.md.
+SESSION_DISK_GB = 5
+
+
+def pytest_report_header(config) -> list[str]:
+    """The machine as the tests see it: cores, bf16 (which precision the CPU runs take) and the free
+    disk where the tests write, with a warning when it is below what the session needs: a full
+    disk fails tests everywhere, at setup, for no reason of their own."""
+    from src.modeling import cpu_has_bf16
+
+    where = Path(config.option.basetemp or tempfile.gettempdir())
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free / 2**30
+    lines = [f"machine: {len(os.sched_getaffinity(0))} cores, bf16 CPU: {cpu_has_bf16()}, "
+             f"{free:.1f} GiB free in {where}"]
+    if free < SESSION_DISK_GB:
+        lines.append(f"WARNING: the session writes about {SESSION_DISK_GB} GiB in {where} and {free:.1f} GiB are "
+                     "free: tests will fail at setup when the disk fills")
+    return lines
 
 
 def pytest_collection_modifyitems(items):
