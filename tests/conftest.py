@@ -216,7 +216,7 @@ def head_start(fixture: str, first: bool = False):
 
 # What the whole session writes at its peak, in the temporary folder (the clones, their DVC
 # caches, the real default model's run and its exports): measured in docs/testing.md.
-SESSION_DISK_GB = 5
+SESSION_DISK_GIB = 5
 
 
 def pytest_report_header(config) -> list[str]:
@@ -231,8 +231,8 @@ def pytest_report_header(config) -> list[str]:
     free = shutil.disk_usage(where).free / 2**30
     lines = [f"machine: {len(os.sched_getaffinity(0))} cores, bf16 CPU: {cpu_has_bf16()}, "
              f"{free:.1f} GiB free in {where}"]
-    if free < SESSION_DISK_GB:
-        lines.append(f"WARNING: the session writes about {SESSION_DISK_GB} GiB in {where} and {free:.1f} GiB are "
+    if free < SESSION_DISK_GIB:
+        lines.append(f"WARNING: the session writes about {SESSION_DISK_GIB} GiB in {where} and {free:.1f} GiB are "
                      "free: tests will fail at setup when the disk fills")
     return lines
 
