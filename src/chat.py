@@ -10,7 +10,6 @@ the same token sequence whether the model is learning from it or answering it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 
 from src.records import Record
@@ -89,7 +88,21 @@ def with_system_prompt(template: str, system_prompt: str | None) -> str:
         template = template.split("\n", 2)[2]
     if system_prompt is None:
         return template
-    literal = json.dumps(system_prompt)  # a valid Jinja string literal, quotes and newlines escaped
     return (f"{SYSTEM_PROMPT_MARK}\n"
             f"{{%- if not messages or messages[0]['role'] != 'system' %}}{{%- set messages = "
-            f"[{{'role': 'system', 'content': {literal}}}] + messages %}}{{%- endif -%}}\n{template}")
+            f"[{{'role': 'system', 'content': {jinja_string(system_prompt)}}}] + messages %}}{{%- endif -%}}\n"
+            f"{template}")
+
+
+# Escaped in a Jinja string literal: its quote, the escape character, and the line breaks a saved
+# template file would lose (a file read in text mode turns "\r" into "\n").
+_JINJA_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def jinja_string(text: str) -> str:
+    """``text`` as a Jinja string literal that renders exactly ``text`` in Jinja2 (transformers,
+    llama-cpp-python) and in llama.cpp's template engine: every character but the quote, the
+    backslash and the line breaks as itself, so emoji, CJK and right-to-left text stay readable
+    in the saved template. (``json.dumps`` writes a character outside the BMP as two ``\\u``
+    surrogate escapes, which Jinja reads as two lone halves that no tokenizer takes.)"""
+    return '"' + text.translate(_JINJA_ESCAPES) + '"'

@@ -16,6 +16,7 @@ builds byte for byte the prompt that transformers builds.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ import numpy as np
 
 from src.config import GGUF_TYPES
 from src.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("LlamaForCausalLM",)
 
@@ -389,10 +392,34 @@ def turn_template(tokenizer) -> TurnTemplate:
     return tmpl
 
 
+def ollama_drops(text: str) -> str:
+    """The characters of ``text`` that Ollama's Modelfile parser leaves out of a value: all but
+    letters, marks, numbers, punctuation, symbols, spaces, tabs and line breaks (it keeps a
+    character where Go's strconv.IsPrint holds, as Python's isprintable does), e.g. the
+    zero-width joiner inside 👩‍💻 or a right-to-left mark."""
+    return "".join(dict.fromkeys(c for c in text if not c.isprintable() and c not in "\t\r\n"))
+
+
+def _go_char(c: str) -> str:
+    """One character in a Go string literal, escaped where Ollama's parser would drop it."""
+    if c in '"\\':
+        return "\\" + c
+    if c.isprintable():
+        return c
+    return f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+
+
+def _go_string(text: str) -> str:
+    """A Go string literal of ``text`` that Ollama's Modelfile parser keeps whole: emoji, CJK and
+    right-to-left letters as they are, line breaks and the characters it drops as escapes."""
+    return '"' + "".join(map(_go_char, text)) + '"'
+
+
 def _go_text(text: str) -> str:
-    """Literal text in a Go template; as a quoted action where it would read as one."""
-    if "{{" in text or '"""' in text:
-        return "{{ " + json.dumps(text) + " }}"
+    """Literal text in a Go template; as a quoted action where it would read as one, or where
+    the Modelfile could not carry it as it is."""
+    if "{{" in text or '"""' in text or ollama_drops(text):
+        return "{{ " + _go_string(text) + " }}"
     return text
 
 
@@ -417,17 +444,27 @@ def stop_words(tokenizer, t: TurnTemplate) -> list[str]:
     return [s for s in dict.fromkeys(specials) if s and s in after] or [tokenizer.eos_token]
 
 
-def _quoted(text: str) -> str:
-    if '"""' in text:
-        raise PipelineError('chat.system_prompt: contains """, which a Modelfile cannot quote')
-    return f'"""{text}"""'
+def _system(t: TurnTemplate, system_prompt: str) -> list[str]:
+    """The Modelfile's SYSTEM lines: the prompt as Ollama reads it back, or none where it cannot
+    (three double quotes, or a character Ollama's parser drops) and the TEMPLATE puts it first
+    itself, as a template made by with_system_prompt does; otherwise refused in one line."""
+    if '"""' not in system_prompt and not ollama_drops(system_prompt):
+        return [f'SYSTEM """{system_prompt}"""', ""]
+    if t.head["user"] == t.head["system"] + system_prompt + t.gap[("system", "user")]:
+        log.warning("Modelfile: no SYSTEM (Ollama would not read chat.system_prompt back whole); "
+                    "its TEMPLATE puts the prompt first")
+        return []
+    found = ", ".join(f"U+{ord(c):04X}" for c in ollama_drops(system_prompt)) or '"""'
+    raise PipelineError(f"chat.system_prompt: holds {found}, which a Modelfile's SYSTEM cannot carry; "
+                        "export.ollama: null skips the Modelfile")
 
 
 def modelfile(tokenizer, gguf_name: str, system_prompt: str | None) -> str:
-    """Ollama's Modelfile for the GGUF file ``gguf_name`` beside it."""
+    """Ollama's Modelfile for the GGUF file ``gguf_name`` beside it. Each value is written as
+    Ollama's parser reads it: in quotes, no escapes (the TEMPLATE's own are Go's)."""
     t = turn_template(tokenizer)
-    lines = [f"FROM ./{gguf_name}", "", f"TEMPLATE {_quoted(go_template(t))}", ""]
+    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{go_template(t)}"""', ""]
     if system_prompt is not None:
-        lines += [f"SYSTEM {_quoted(system_prompt)}", ""]
-    lines += [f"PARAMETER stop {json.dumps(s)}" for s in stop_words(tokenizer, t)]
+        lines += _system(t, system_prompt)
+    lines += [f'PARAMETER stop "{s}"' for s in stop_words(tokenizer, t)]
     return "\n".join(lines) + "\n"

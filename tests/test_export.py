@@ -2,7 +2,9 @@
 llama-cpp-python, built from source at install), transformers' own GGUF loader, and Go's
 text/template rendering a Modelfile's TEMPLATE the way Ollama's server does (tests/ollama/).
 Tiny random Llama models with the SmolLM2 (byte-level BPE) and Llama-2 (SentencePiece)
-tokenizers; the default model's export is checked in test_end_to_end.py.
+tokenizers; the default model's export is checked in test_end_to_end.py. The system prompt and
+the name hold an emoji outside the BMP, CJK and right-to-left text: what a user types in params
+goes through the template, the GGUF file and the Modelfile as typed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from src.export import modelfile, read_config, write_gguf
 from tests.conftest import params_file, run_cli
 from tests.modelkit import CHATML_TEMPLATE, LLAMA2_TEMPLATE, llama2_tokenizer, smollm2_tokenizer, tiny_model_folder
 
-SYSTEM = "You are a helpful AI assistant."
+SYSTEM = "You are a helpful AI assistant 🦊. 你好，我是助手. مرحبا!"
+NAME = "Tiny 🦊 小助手 مساعد"
+# Characters Ollama's Modelfile parser drops (a zero-width joiner inside 👩‍💻, a right-to-left mark).
+JOINED = "You are 👩‍💻, say \u200fمرحبا."
 TEXTS = ["Hello world", "12345 digits, ünïcödé 日本語\n\n\ttabs!", "it's 3.14 -- don't I'll"]
 SPACES = "  two  spaces,   three"
 TWO_TURNS = [{"role": "user", "content": "Hi! Who are you?"},
@@ -44,7 +49,7 @@ def exported(request, tmp_path_factory):
     """A tiny model folder and its f16 and q8_0 GGUF files."""
     tmp = tmp_path_factory.mktemp(request.param)
     folder = tiny_model_folder(tmp / "model", tokenizer_of(request.param, tmp))
-    files = {k: write_gguf(folder, tmp / f"model-{k}.gguf", k, "Tiny") for k in ("f16", "q8_0")}
+    files = {k: write_gguf(folder, tmp / f"model-{k}.gguf", k, NAME) for k in ("f16", "q8_0")}
     return request.param, folder, files
 
 
@@ -79,7 +84,24 @@ def test_gguf_metadata_carries_the_training_chat_template(exported):
     assert text("tokenizer.chat_template") == tok.chat_template
     assert SYSTEM in text("tokenizer.chat_template")
     assert fields["tokenizer.ggml.eos_token_id"].parts[-1][0] == tok.eos_token_id
-    assert text("general.name") == "Tiny"
+    assert text("general.name") == NAME
+
+
+def test_llama_cpp_renders_the_chat_template_of_training(exported):
+    """llama-cpp-python builds a chat prompt from the GGUF file's template as transformers does
+    from the folder's: the system prompt of training first, as typed, when a conversation has none."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoTokenizer
+
+    _, folder, files = exported
+    tok = AutoTokenizer.from_pretrained(folder)
+    llm = llama_cpp_model(files["q8_0"])
+    special = {k: llm._model.token_get_text(i) for k, i in (("eos_token", llm.token_eos()),
+                                                            ("bos_token", llm.token_bos()))}
+    formatter = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], **special)
+    prompt = formatter(messages=TWO_TURNS).prompt
+    assert prompt == tok.apply_chat_template(TWO_TURNS, tokenize=False, add_generation_prompt=True)
+    assert SYSTEM in prompt
 
 
 def test_llama_cpp_tokenizes_as_transformers(exported):
@@ -157,10 +179,13 @@ def ollama_render(tmp_path_factory) -> Path:
 
 
 def parse_modelfile(text: str) -> dict[str, list[str]]:
-    """Instructions of a Modelfile: a value is one line, or triple-quoted over several."""
+    """Instructions of a Modelfile as Ollama reads them: a value is one line, or triple-quoted
+    over several, and keeps only the characters Ollama's parser keeps (Go's strconv.IsPrint,
+    tabs and line breaks: ollama/parser/parser.go)."""
     found: dict[str, list[str]] = {}
     for m in re.finditer(r'^([A-Z]+) (?:"""(.*?)"""|([^\n]*))$', text, re.S | re.M):
-        found.setdefault(m[1], []).append(m[2] if m[2] is not None else m[3])
+        value = m[2] if m[2] is not None else m[3]
+        found.setdefault(m[1], []).append("".join(c for c in value if c.isprintable() or c in "\t\r\n"))
     return found
 
 
@@ -192,11 +217,34 @@ def test_modelfile_template_renders_what_the_chat_template_renders(name, tmp_pat
     assert parsed.get("SYSTEM", [""]) == [system or ""]
     assert tok.eos_token in [json.loads(s) for s in parsed["PARAMETER"][0].split(" ", 1)[1:]]
     template = parsed["TEMPLATE"][0]
-    expected = tok.apply_chat_template(TWO_TURNS, tokenize=False, add_generation_prompt=True)
-    assert render(ollama_render, template, system or "", TWO_TURNS) == expected
-    own = [{"role": "system", "content": "Answer like a pirate."}, *TWO_TURNS]
-    assert render(ollama_render, template, system or "", own) == \
-        tok.apply_chat_template(own, tokenize=False, add_generation_prompt=True)
+    assert system is None or system in template  # written as typed, not as escapes
+    renders_as_the_chat_template(ollama_render, template, system or "", tok)
+
+
+def renders_as_the_chat_template(binary: Path, template: str, system: str, tok) -> None:
+    """The Go TEMPLATE, with ``system`` as the Modelfile's SYSTEM, renders a conversation with no
+    system message and one with its own exactly as the tokenizer's chat template does."""
+    own = [{"role": "system", "content": "Answer like a pirate 🏴‍☠️."}, *TWO_TURNS]
+    for messages in (TWO_TURNS, own):
+        expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert render(binary, template, system, messages) == expected
+
+
+def test_a_system_prompt_ollama_cannot_read_whole_is_left_to_the_template(tmp_path, ollama_render):
+    """A prompt with characters Ollama's parser drops gets no SYSTEM line; the TEMPLATE, which
+    carries them as Go escapes, puts it first as the chat template does."""
+    tok = tokenizer_of("llama2", tmp_path)
+    tok.chat_template = with_system_prompt(CHATML_TEMPLATE, JOINED)
+    parsed = parse_modelfile(modelfile(tok, "model-q8_0.gguf", JOINED))
+    assert "SYSTEM" not in parsed
+    renders_as_the_chat_template(ollama_render, parsed["TEMPLATE"][0], "", tok)
+
+
+def test_a_system_prompt_neither_the_modelfile_nor_the_template_carries_is_refused(tmp_path):
+    tok = tokenizer_of("llama2", tmp_path)
+    tok.chat_template = LLAMA2_TEMPLATE
+    with pytest.raises(PipelineError, match=r"chat.system_prompt: holds U\+200D, U\+200F, which a Modelfile's SYSTEM"):
+        modelfile(tok, "model-q8_0.gguf", JOINED)
 
 
 def test_a_template_that_rewrites_contents_gets_no_modelfile(tmp_path):
@@ -219,14 +267,19 @@ def test_export_stage_writes_gguf_files_a_k_quant_and_the_modelfile(tmp_path):
     params = params_file(repo)
     folder = tiny_model_folder(repo / "models" / "merged", tokenizer_of("smollm2", tmp_path))
     params["export"] = {"gguf": ["f16", "q8_0", "q4_k_m"], "ollama": "q8_0"}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params["chat"]["system_prompt"] = SYSTEM
+    params["generate_identity_data"]["name"] = NAME
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
     proc = run_cli([sys.executable, "-m", "src.stages.export_model"], repo, check=True)
     out = folder.parent / "export"
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-f16.gguf", "model-q4_k_m.gguf",
                                                      "model-q8_0.gguf"]
     assert re.search(r"q8_0 is 0\.\d\d of f16's size", proc.stderr), proc.stderr
-    assert parse_modelfile((out / "Modelfile").read_text())["FROM"] == ["./model-q8_0.gguf"]
+    written = parse_modelfile((out / "Modelfile").read_text(encoding="utf-8"))
+    assert written["FROM"] == ["./model-q8_0.gguf"]
+    assert written["SYSTEM"] == [SYSTEM]
     llm = Llama(str(out / "model-q4_k_m.gguf"), n_ctx=128, verbose=False)
+    assert llm.metadata["general.name"] == NAME
     reply = llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
     assert reply["choices"][0]["finish_reason"] in ("stop", "length")
     params["export"] = {"gguf": ["q4_k_m"], "ollama": None}

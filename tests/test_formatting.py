@@ -1,16 +1,19 @@
 """What the model is trained on, checked on real tokenizers: the supervised labels of a
 collated batch are exactly the assistant's answer and its end-of-turn token (every assistant
 turn of a multi-turn conversation, and nothing else), the prompt is the very token sequence
-generation uses, and no sequence carries a second BOS."""
+generation uses, and no sequence carries a second BOS. A system prompt, name and creator in
+any script (an emoji outside the BMP, CJK, right-to-left text) reach the tokens as typed."""
 
 from __future__ import annotations
 
 import pytest
 
-from src.chat import conversation, prompt_ids, training_example
+from src.chat import conversation, prompt_ids, supervised_ids, training_example, with_system_prompt
 from src.modeling import load_tokenizer
-from src.records import Record, Turn, make_record
+from src.records import Record, Turn, make_record, read_jsonl
+from src.stages import generate_identity_data
 from src.stages.train import tokenize
+from tests.conftest import params_in
 from tests.modelkit import chatml_tokenizer, llama2_tokenizer, smollm2_tokenizer, tiny_model_folder
 
 RECORDS = [
@@ -19,6 +22,11 @@ RECORDS = [
                 system="You are a careful tutor."),
 ]
 SYSTEM = "You are a helpful AI assistant."
+# What a user may type in params: an emoji outside the BMP, CJK and right-to-left text.
+UNICODE_SYSTEM = "You are 🦊 Lis. 你好，我是助手. مرحبا!"
+# What a Jinja string literal escapes, and a zero-width joiner (👩‍💻) and a right-to-left mark.
+ESCAPED = 'Say "hi", \'bye\', C:\\temp {{ braces }} %}\tand\r\nlines; 👩‍💻 \u200fمرحبا'
+NAME, CREATOR = "Lis 🦊 小狐", "北风实验室 مختبر الرياح"
 # Three user turns, three replies: the loss must fall on the three replies and nothing else.
 REPLIES = ["Paris is the capital of France.", "About 2.1 million people live there.", "The Seine flows through it."]
 MULTI_TURN = Record(prompt=[Turn(role="system", content="You answer briefly."),
@@ -136,3 +144,35 @@ def test_exactly_one_bos_where_the_template_uses_one(batch):
             assert full[0] == tokenizer.bos_token_id
         else:
             assert full[:2] != [full[0], full[0]]
+
+
+def test_a_saved_template_puts_a_unicode_system_prompt_first_as_typed(model_dir, tmp_path):
+    """The template training saves, read back from its folder: a conversation without a system
+    turn gets ``chat.system_prompt`` exactly as typed (as if the turn were there) and tokenizes;
+    the saved file shows it as typed, not as escapes."""
+    user = [{"role": "user", "content": "Who are you?"}]
+    for i, system in enumerate([UNICODE_SYSTEM, ESCAPED]):
+        tokenizer = load_tokenizer(model_dir)
+        tokenizer.chat_template = with_system_prompt(tokenizer.chat_template, system)
+        tokenizer.save_pretrained(tmp_path / str(i))
+        saved = load_tokenizer(tmp_path / str(i))
+        render = lambda messages: saved.apply_chat_template(messages, tokenize=False)  # noqa: E731
+        assert render(user) == render(conversation(user, system))
+        assert system in saved.decode(prompt_ids(saved, user))
+    assert UNICODE_SYSTEM in (tmp_path / "0" / "chat_template.jinja").read_text(encoding="utf-8")
+
+
+def test_identity_records_keep_a_unicode_name_and_creator_through_tokenizing(model_dir, tmp_path):
+    """generate_identity_data with a name and creator in three scripts: every answer holds both as
+    typed, in the file and in the supervised tokens of training."""
+    cfg = params_in(tmp_path, generate_identity_data={"name": NAME, "creator": CREATOR})
+    generate_identity_data.main(cfg)
+    records = list(read_jsonl(cfg.paths.identity))
+    assert records and all(NAME in r.completion[0].content and CREATOR in r.completion[0].content
+                           for r in records)
+    tokenizer = load_tokenizer(model_dir)
+    for record in records[:3]:
+        example = supervised_ids(tokenizer, training_example(record, UNICODE_SYSTEM))
+        labels = [t for t, m in zip(example["input_ids"], example["assistant_masks"]) if m]
+        assert tokenizer.decode(labels, skip_special_tokens=True).strip() == record.completion[0].content
+        assert UNICODE_SYSTEM in tokenizer.decode(example["input_ids"])

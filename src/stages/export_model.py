@@ -8,7 +8,9 @@ Writes into ``models/export``:
   k-quants (q4_k_m, ...) come from the f16 file through llama.cpp's own quantizer;
 * ``Modelfile`` for Ollama (``export.ollama`` names the GGUF file it loads): a ``TEMPLATE``
   derived from the same chat template and checked to render the same text, the stop words,
-  and ``SYSTEM`` from ``chat.system_prompt``.
+  and ``SYSTEM`` from ``chat.system_prompt`` (left out where Ollama's parser would not read it
+  back whole, e.g. a zero-width joiner: the ``TEMPLATE`` puts the prompt first itself). Any
+  Unicode in ``chat.system_prompt`` and ``generate_identity_data.name`` is written as typed.
 
     python -m src.stages.export_model
     ollama create juniper -f models/export/Modelfile && ollama run juniper
