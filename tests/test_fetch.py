@@ -108,29 +108,107 @@ def test_a_real_safetensors_write_error_is_one_line(tmp_path, hub_folder):
     assert not out.exists() and not out.with_name("merged.partial").exists()
 
 
-def test_hub_download_pins_revision_and_reads_token_from_env(tmp_path, hub_folder, monkeypatch):
+def stand_in_hub(monkeypatch, repo: Path) -> list[dict]:
+    """``snapshot_download`` answered from ``repo``, a folder standing for the Hub repository at
+    the asked revision: it copies the files the patterns select, matched as huggingface_hub
+    matches them (its own ``filter_repo_objects``). Returns the calls, each with what it fetched."""
     import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
 
     calls = []
 
-    def fake_snapshot_download(repo_id, revision, token, allow_patterns, local_dir):
-        calls.append({"repo_id": repo_id, "revision": revision, "token": token,
-                      "patterns": allow_patterns})
-        shutil.copytree(hub_folder, local_dir, dirs_exist_ok=True)
+    def snapshot_download(repo_id, revision, token, local_dir, allow_patterns=None, ignore_patterns=None):
+        files = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+        fetched = list(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+        calls.append({"repo_id": repo_id, "revision": revision, "token": token, "patterns": allow_patterns,
+                      "ignore": ignore_patterns, "fetched": fetched})
+        for rel in fetched:
+            (Path(local_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / rel, Path(local_dir) / rel)
         return str(local_dir)
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+# What a Hub repository holds beside a transformers model: other formats of the same weights at
+# its top level (Mistral's consolidated.safetensors, pickles, Flax, TF, GGUF), Meta's original
+# checkpoint and ONNX exports in folders, training leftovers, the README and licence.
+EXTRAS = {"consolidated.safetensors": "model.safetensors", "pytorch_model.bin": b"pickle",
+          "original/consolidated.00.pth": b"pickle", "original/params.json": b"{}", "original/tokenizer.model": b"sp",
+          "onnx/model.onnx": b"onnx", "onnx/config.json": b"{}", "model-q4_k_m.gguf": b"GGUF",
+          "flax_model.msgpack": b"flax", "tf_model.h5": b"tf", "training_args.bin": b"pickle",
+          "optimizer.pt": b"pickle",
+          "README.md": b"# A model", "LICENSE.txt": b"licence", ".gitattributes": b"*.bin filter=lfs"}
+
+
+def hub_repo(hub_folder: Path, dest: Path, extras: dict) -> Path:
+    """``hub_folder`` as a Hub repository with ``extras`` (path -> bytes, or the name of a file
+    of the folder to copy) beside it."""
+    repo = shutil.copytree(hub_folder, dest)
+    for rel, data in extras.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes((hub_folder / data).read_bytes() if isinstance(data, str) else data)
+    return repo
+
+
+def test_hub_download_pins_revision_and_reads_token_from_env(tmp_path, hub_folder, monkeypatch):
+    calls = stand_in_hub(monkeypatch, hub_folder)
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_test")
     cfg = params_in(tmp_path, fetch_base_model={"model": "org/chat-model", "revision": SHA})
     fetch_base_model.main(cfg)
-    assert calls == [{"repo_id": "org/chat-model", "revision": SHA, "token": "hf_fake_token_for_test",
-                      "patterns": fetching.HUB_PATTERNS}]
+    assert [{k: c[k] for k in ("repo_id", "revision", "token", "patterns")} for c in calls] == \
+        [{"repo_id": "org/chat-model", "revision": SHA, "token": "hf_fake_token_for_test",
+          "patterns": fetching.HUB_PATTERNS}]
     assert not any("*.bin" in p for p in fetching.HUB_PATTERNS)
     base = Path(cfg.paths.base_model)
     source = json.loads((base / modeling.SOURCE_FILE).read_text())
     assert source["repo"] == "org/chat-model" and source["revision"] == SHA
     assert "hf_fake_token" not in "".join(p.read_text(errors="ignore") for p in base.iterdir() if p.is_file())
     assert modeling.load_tokenizer(base).chat_template
+
+
+def test_hub_download_fetches_only_what_transformers_loads(tmp_path, hub_folder, monkeypatch):
+    """From a repository with every other format and folder beside the model, the download
+    takes the top-level config, tokenizer and safetensors weights transformers reads, not a
+    second copy of the weights in another format or folder."""
+    calls = stand_in_hub(monkeypatch, hub_repo(hub_folder, tmp_path / "repo", EXTRAS))
+    cfg = params_in(tmp_path, fetch_base_model={"model": "org/chat-model", "revision": SHA})
+    fetch_base_model.main(cfg)
+    model_files = sorted(p.name for p in hub_folder.iterdir() if p.is_file())
+    assert [c["fetched"] for c in calls] == [sorted([*model_files, "LICENSE.txt"])]
+    base = Path(cfg.paths.base_model)
+    assert not [p for p in base.rglob("*") if p.is_dir() or p.suffix in (".bin", ".pth", ".pt", ".gguf")]
+    assert [p.name for p in base.glob("*.safetensors")] == ["model.safetensors"]
+
+
+def test_hub_download_with_pickles_allowed_takes_them_only_without_safetensors(tmp_path, hub_folder, monkeypatch):
+    """allow_pickle_weights lets fetch convert a repository's pytorch_model*.bin when it has no
+    safetensors: they are downloaded then, and only they (not the original/ checkpoint, nor an
+    optimizer's or trainer's pickles); a repository with safetensors gives no pickle at all."""
+    import torch
+    from safetensors.torch import load_file
+
+    calls = stand_in_hub(monkeypatch, hub_repo(hub_folder, tmp_path / "both", EXTRAS))
+    cfg = params_in(tmp_path / "a", fetch_base_model={"model": "org/chat-model", "revision": SHA,
+                                                       "allow_pickle_weights": True})
+    fetch_base_model.main(cfg)
+    assert not [f for c in calls for f in c["fetched"] if f.endswith((".bin", ".pt", ".pth"))]
+
+    no_safetensors = {k: v for k, v in EXTRAS.items() if not k.endswith(".safetensors")}
+    pickled = hub_repo(hub_folder, tmp_path / "pickled", no_safetensors)
+    weights = load_file(pickled / "model.safetensors")
+    (pickled / "model.safetensors").unlink()
+    torch.save(weights, pickled / "pytorch_model.bin")
+    calls = stand_in_hub(monkeypatch, pickled)
+    cfg = params_in(tmp_path / "b", fetch_base_model={"model": "org/chat-model", "revision": SHA,
+                                                       "allow_pickle_weights": True})
+    fetch_base_model.main(cfg)
+    assert [f for c in calls for f in c["fetched"] if f.endswith((".bin", ".pt", ".pth"))] == ["pytorch_model.bin"]
+    base = Path(cfg.paths.base_model)
+    assert not [p for p in base.rglob("*") if p.is_dir() or p.suffix in (".bin", ".pth", ".pt", ".gguf")]
+    converted = load_file(base / "model.safetensors")
+    assert converted and all(torch.equal(converted[k], v) for k, v in weights.items() if k in converted)
 
 
 def test_hub_download_offline_is_a_clear_error(tmp_path):

