@@ -2,7 +2,8 @@
 key, and exit code 1 (or in counted handling), never in a traceback or a silent drop.
 
 Raw-file cases (parquet) are in test_raw.py, params cases in test_config.py, model sources
-in test_fetch.py; this file covers record files, model folders, lengths and output folders.
+in test_fetch.py; this file covers record files, JSON too deeply nested to parse, model folders,
+lengths and output folders.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from src import cli
+from src.config import DatasetSpec
+from src.formats import read_source
 from src.records import Record
 from src.stages import merge_model, process_data, train
 from tests.modelkit import prepared, tiny_params
@@ -74,6 +79,44 @@ def test_bad_training_record_names_file_line_and_key(built, tmp_path, monkeypatc
     cfg = variant(built, tmp_path, paths={"train": bad})
     error = one_line_error(train.main, cfg, monkeypatch, capsys)
     assert error.startswith(f"error: {bad}:3: ") and message.removeprefix("line 3: ") in error
+
+
+DEEP = "[" * 5000 + "]" * 5000  # valid JSON that Python's parser gives up on (RecursionError)
+CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("deep.jsonl", json.dumps({"messages": CHAT}) + "\n\n" + '{"messages": ' + DEEP + "}\n", ":3: "),
+    ("deep.json", '[{"messages": ' + DEEP + "}]", ": "),
+])
+def test_json_nested_too_deeply_is_one_line_naming_the_file_and_line(tmp_path, capsys, name, text, where):
+    """Read as process_data reads a source, through the entry points' error handling."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    spec = DatasetSpec(path=str(path), format="messages")
+    assert cli.one_line_errors(lambda: list(read_source(spec, "mine")[0])) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {path}{where}JSON nested too deeply to read (arrays or objects about 1000 levels " \
+                  "within each other)\n"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_cell_nested_too_deeply_is_a_counted_drop(tmp_path, capsys, suffix):
+    """A conversation cell (CSV, or a parquet string column) is parsed row by row: one that cannot
+    be is dropped and counted as bad_json, and the rest of the file is read."""
+    path = tmp_path / f"deep{suffix}"
+    cells = [json.dumps(CHAT), DEEP, "not JSON", json.dumps(CHAT)]
+    if suffix == ".csv":
+        path.write_text("messages\n" + "".join(f'"{c.replace(chr(34), 2 * chr(34))}"\n' for c in cells))
+    else:
+        pq.write_table(pa.table({"messages": cells}), path)
+    records, metrics = read_source(DatasetSpec(path=str(path), format="messages"), "mine")
+    read = []
+    assert cli.one_line_errors(lambda: read.extend(records)) == 0
+    assert capsys.readouterr().err == "" and len(read) == 2
+    metrics = metrics()
+    assert {k: v for k, v in metrics["dropped"].items() if v} == {"bad_json": 2}
+    assert metrics["rows_in"] == 4 == metrics["rows_out"] + sum(metrics["dropped"].values())
 
 
 def test_empty_training_set(built, tmp_path, monkeypatch, capsys):

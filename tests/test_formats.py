@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +16,7 @@ import yaml
 
 from src.config import DatasetSpec
 from src.errors import PipelineError
-from src.formats import DROP_REASONS, read_source
+from src.formats import DROP_REASONS, FORMAT_FIELDS, line_cap, open_rows, read_source
 from src.records import read_jsonl
 from tests.conftest import params_file, repo_params, run_cli
 
@@ -156,7 +158,8 @@ def _turn(role, content):
 
 
 DROPPED = {  # reason -> a messages row dropped for it
-    "wrong_type": {"messages": "not a list"},
+    "wrong_type": {"messages": {"role": "user", "content": "Hi"}},
+    "bad_json": {"messages": "not a list"},  # a conversation as text (a CSV cell) that is not JSON
     "unknown_role": {"messages": [_turn("user", "Hi"), _turn("tool", "{}"), _turn("assistant", "Hello")]},
     "no_user_turn": {"messages": [_turn("system", "Be kind."), _turn("assistant", "Hello")]},
     "no_assistant_reply": {"messages": [_turn("user", "Hi")]},
@@ -165,6 +168,8 @@ DROPPED = {  # reason -> a messages row dropped for it
                                 _turn("assistant", "Yes?")]},
     "turn_order": {"messages": [_turn("user", "Hi"), _turn("user", "Hi again"), _turn("assistant", "Hello")]},
     "too_long": {"messages": [_turn("user", "x" * 80), _turn("assistant", "y" * 80)]},
+    "nul_char": {"messages": [_turn("user", "Hi\x00"), _turn("assistant", "Hello")]},
+    "invalid_unicode": {"messages": [_turn("user", "Hi \ud800"), _turn("assistant", "Hello")]},  # JSON "\\ud800"
 }
 
 
@@ -189,6 +194,121 @@ def test_text_formats_drop_by_the_same_reasons(tmp_path):
         "no_user_turn": 1, "no_assistant_reply": 1, "empty_reply": 1, "wrong_type": 1}
 
 
+def test_prompt_completion_cells_holding_json_conversations_are_parsed(tmp_path):
+    """A CSV or parquet string cell holding a JSON list of role/content turns is a conversation, as
+    in the other conversation formats; any other text, even one opening with ``[``, is plain text."""
+    conversation = [_turn("system", "Be brief."), _turn("user", "Name a colour.")]
+    rows = [{"prompt": json.dumps(conversation), "completion": json.dumps([_turn("assistant", "Green.")])},
+            {"prompt": "[1, 2, 3] summed is", "completion": "6."},
+            {"prompt": '[{"a": 1}]', "completion": "a: 1"},  # JSON, but no turns: text
+            {"prompt": json.dumps([_turn("tool", "{}")]), "completion": "Done."}]
+    for suffix in (".csv", ".parquet", ".jsonl"):
+        records, metrics = source(tmp_path / f"p{suffix}", "prompt_completion", rows)
+        assert [roles(r) for r in records] == [
+            [("system", "Be brief."), ("user", "Name a colour."), ("assistant", "Green.")],
+            [("user", "[1, 2, 3] summed is"), ("assistant", "6.")],
+            [("user", '[{"a": 1}]'), ("assistant", "a: 1")]], suffix
+        assert metrics["dropped"]["unknown_role"] == 1
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv"])
+def test_a_nul_character_drops_its_row_in_every_file_kind(tmp_path, suffix):
+    """NUL is almost always a binary or UTF-16 file read as text: its row goes, counted, whatever
+    the file kind (parquet text and conversation columns included), and the file is read."""
+    rows = [{"instruction": "q1", "output": "a1"}, {"instruction": "q\x002", "output": "a2"},
+            {"instruction": "q3", "output": "a3\x00"}]
+    records, metrics = source(tmp_path / f"n{suffix}", "alpaca", rows)
+    assert [r.prompt[0].content for r in records] == ["q1"] and metrics["dropped"]["nul_char"] == 2
+    rows = [{"messages": [_turn("user", "Hi\x00"), _turn("assistant", "Hello")]},
+            {"messages": [_turn("user", "Hi"), _turn("assistant", "Hello")]}]
+    records, metrics = source(tmp_path / f"m{suffix}", "messages",
+                              [{"messages": json.dumps(r["messages"])} for r in rows] if suffix == ".csv" else rows)
+    assert len(records) == 1 and metrics["dropped"]["nul_char"] == 1
+
+
+def test_a_lone_surrogate_is_counted_as_invalid_unicode_in_records_too(tmp_path):
+    rows = [{"prompt": [_turn("user", "Hi \ud800")], "completion": [_turn("assistant", "Hello")], "source": "s"},
+            {"prompt": [_turn("user", "Hi")], "completion": [_turn("assistant", "Hello")], "source": "s"}]
+    records, metrics = source(tmp_path / "r.jsonl", "records", rows)  # json.dumps writes "\\ud800"
+    assert len(records) == 1 and metrics["dropped"]["invalid_unicode"] == 1
+
+
+# --- CSV as spreadsheets write it, and lines too long to parse -----------------------------------
+
+def test_csv_with_a_utf8_bom_keeps_its_first_column(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte order mark; a column read twice is an error
+    (csv_column_twice above), one the format does not read is not."""
+    path = _raw(tmp_path / "bom.csv", "\ufeffinstruction,output,notes,notes\r\nq,a,x,y\r\n".encode())
+    records, _ = read_source(DatasetSpec(path=str(path), format="alpaca"), "mine")
+    assert [roles(r) for r in records] == [[("user", "q"), ("assistant", "a")]]
+
+
+def test_a_csv_cell_over_the_csv_modules_own_limit_is_read(tmp_path):
+    """Python's csv refuses a cell over 131072 characters; here the row is kept or dropped by
+    max_chars like any other, and the file read."""
+    long = "x" * 200_000
+    rows = [{"instruction": "q1", "output": "a1"}, {"instruction": "q2", "output": long},
+            {"instruction": "q3", "output": "a3"}]
+    records, metrics = source(tmp_path / "big.csv", "alpaca", rows)
+    assert [r.completion[0].content for r in records] == ["a1", "a3"] and metrics["dropped"]["too_long"] == 1
+    assert metrics["rows_in"] == 3 == metrics["rows_out"] + sum(metrics["dropped"].values())
+    records, _ = source(tmp_path / "big.csv", "alpaca", rows, max_chars=250_000)
+    assert [r.completion[0].content for r in records] == ["a1", long, "a3"]
+
+
+def test_a_csv_row_over_the_line_cap_is_dropped_unparsed_and_the_rows_after_it_read(tmp_path):
+    """Past line_cap(max_chars) the row goes as too_long without its text in memory; the reader
+    still finds where it ends, through quoted line ends, doubled quotes and commas."""
+    cap = line_cap(100)
+    cell = 'a line, with "quotes" and commas\r\n' * (cap // 30)
+    rows = [{"instruction": "q1", "output": "a1"}, {"instruction": "q2", "output": cell},
+            {"instruction": "q3", "output": "two\r\nlines"}, {"instruction": "x" * (cap + 5), "output": "a4"},
+            {"instruction": "q5", "output": "a5"}]
+    records, metrics = source(tmp_path / "huge.csv", "alpaca", rows, max_chars=100)
+    assert [roles(r) for r in records] == [[("user", "q1"), ("assistant", "a1")],
+                                           [("user", "q3"), ("assistant", "two\r\nlines")],
+                                           [("user", "q5"), ("assistant", "a5")]]
+    assert metrics["dropped"]["too_long"] == 2 and metrics["rows_in"] == 5
+
+
+def test_a_huge_json_line_is_dropped_unparsed_in_bounded_memory(tmp_path):
+    """A 40 MiB line (a 54 MB one peaked at 731 MB when parsed) is a too_long drop that never
+    holds more than the cap; a line of exactly the cap is read, one byte more is not."""
+    good = json.dumps({"messages": [_turn("user", "Hi"), _turn("assistant", "Hello")]})
+    cap = line_cap(100)
+    at_cap = good[:-1] + ', "pad": "' + "p" * (cap - len(good) - 12) + '"}'
+    path = tmp_path / "h.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        f.write(f'{good}\n\n{at_cap}\n{at_cap[:-1]}, "more": 1}}\n{{"messages": "')
+        for _ in range(40):
+            f.write("x" * 2**20)
+        f.write(f'"}}\n{good}\n')
+    assert len(at_cap) + 1 == cap
+    tracemalloc.start()
+    try:
+        records, metrics = read_source(DatasetSpec(path=str(path), format="messages", max_chars=100), "mine")
+        records, metrics = list(records), metrics()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(records) == 3 and metrics["dropped"]["too_long"] == 2 and metrics["rows_in"] == 5
+    assert peak < 12 * 2**20, peak
+
+
+def test_the_line_index_costs_8_bytes_a_line_and_keeps_line_numbers(tmp_path):
+    path = tmp_path / "many.jsonl"
+    path.write_text('{"messages": []}\n' * 200_000 + "\n  \n" + '{"messages": []}\n' + "not json\n")
+    tracemalloc.start()
+    try:
+        rows = open_rows(path, FORMAT_FIELDS["messages"], {}, line_cap(6000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows.count == 200_002 and peak / rows.count < 12  # a list of Python ints: 92 bytes a line
+    with pytest.raises(PipelineError, match=r"many\.jsonl:200004: not valid JSON"):
+        list(rows.read(np.array([0, 200_000, 200_001])))
+
+
 # --- files that are not what their format says --------------------------------------------------
 
 def _raw(path: Path, text: str | bytes) -> Path:
@@ -206,6 +326,8 @@ BAD_FILES = {  # name -> (file name, content, format, the error after the path)
     "json_not_json": ("b.json", '[{"a": 1},\n oops]', "messages", ":2: not valid JSON"),
     "csv_missing_column": ("b.csv", "question,reply\nq,a\n", "alpaca", ": missing column(s) instruction, output"),
     "csv_ragged": ("b.csv", "instruction,output\nq,a\nq,a,extra\n", "alpaca", ":3: 3 fields, the header has 2"),
+    "csv_column_twice": ("b.csv", "instruction,output,output\nq,a,b\n", "alpaca",
+                         ": column 'output' appears 2 times in the header (rename all but one)"),
     "empty": ("b.jsonl", "", "messages", ": empty file (0 bytes)"),
     "unknown_suffix": ("b.txt", "hello", "messages", ": unknown file type '.txt'"),
     "missing": ("nothing.jsonl", None, "messages", ": file not found"),
