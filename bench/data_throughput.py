@@ -27,15 +27,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # The stage on a source "big" added to params' datasets: the orca entry's max_chars and seed,
-# the case's file, format and subset; it writes <out>/big.jsonl and <out>/process_data_big.json.
+# the case's file, format and subset; it writes <out>/big.jsonl; its row accounting is returned.
 STAGE = """
 from src.config import load_params
+from src.records import write_json
 from src.stages import process_data
 cfg = load_params({root!r})
 paths = cfg.paths.model_copy(update={{"processed_dir": {out!r}, "metrics_dir": {out!r}}})
 spec = cfg.datasets["orca"].model_copy(update={{"path": {file!r}, "format": {fmt!r}, "columns": {{}},
                                                "subset_rows": {rows}, "subset_fraction": None}})
-process_data.main(cfg.model_copy(update={{"paths": paths, "datasets": {{**cfg.datasets, "big": spec}}}}), "big")
+metrics = process_data.process_source(cfg.model_copy(update={{"paths": paths, "datasets": {{**cfg.datasets,
+                                                                                      "big": spec}}}}), "big")
+write_json(paths.metrics_file("process_data"), {{"big": metrics}})
 """
 
 NAIVE = """
@@ -91,8 +94,8 @@ def main() -> None:
             results[name] = measure(template.format(root=str(ROOT), file=str(file), fmt=fmt, out=str(out),
                                                     rows=rows))
             written = sum(1 for _ in (out / "big.jsonl").open(encoding="utf-8"))
-            metrics = out / "process_data_big.json"
-            dropped = ({k: v for k, v in json.loads(metrics.read_text())["dropped"].items() if v} or "none"
+            metrics = out / "process_data.json"
+            dropped = ({k: v for k, v in json.loads(metrics.read_text())["big"]["dropped"].items() if v} or "none"
                        if metrics.exists() else "-")
             print(f"{name:>18}: {results[name][0]:6.1f} s, peak RSS {results[name][1]:.2f} GB, "
                   f"{written:,} records written (dropped: {dropped})")

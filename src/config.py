@@ -12,10 +12,11 @@ at once with a one-line message that names the key, before any heavy work.
 from __future__ import annotations
 
 import posixpath
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from src.errors import PipelineError
 
@@ -55,15 +56,15 @@ class Paths(Section):
     replay: NonEmptyStr
 
     def processed_file(self, source: str) -> Path:
-        """Where ``process_data@<source>`` writes the source's records."""
+        """Where ``process_data`` writes a source's records."""
         return Path(self.processed_dir) / f"{source}.jsonl"
 
     def split_file(self, source: str, split: str) -> Path:
-        """Where ``data_split@<source>`` writes its ``train`` or ``val`` records."""
+        """Where ``data_split`` writes a source's ``train`` or ``val`` records."""
         return Path(self.split_dir) / source / f"{split}.jsonl"
 
     def metrics_file(self, name: str) -> Path:
-        """Where a stage (or one ``foreach`` item of it) writes its row accounting."""
+        """Where a data stage writes its row accounting (per source for process_data and data_split)."""
         return Path(self.metrics_dir) / f"{name}.json"
 
     def outputs(self) -> dict[str, str]:
@@ -73,8 +74,9 @@ class Paths(Section):
     @model_validator(mode="after")
     def _outputs_apart(self) -> Paths:
         """No output is another one, under another one, or holds another one: spelling variants
-        (``./models/base``, ``models//base``) count as the same path."""
-        outs = {key: posixpath.normpath(Path(path).as_posix()) for key, path in self.outputs().items()}
+        (``./models/base``, ``models//base``, ``Models/Base`` on a case-insensitive file system) count
+        as the same path."""
+        outs = {key: posixpath.normpath(Path(path).as_posix()).casefold() for key, path in self.outputs().items()}
         for key, path in outs.items():
             for other, other_path in outs.items():
                 if key < other and (path == other_path or other_path.startswith(path.rstrip("/") + "/")
@@ -118,7 +120,17 @@ class IdentityParams(Section):
 
 
 FORMATS = ("records", "alpaca", "sharegpt", "messages", "prompt_completion", "orca", "platypus")
-SourceName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
+SOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def _source_name(name: str) -> str:
+    if not SOURCE_NAME.fullmatch(name):
+        raise ValueError("a source name is 1 to 64 of a-z, 0-9, '_' and '-', starting with a letter or digit "
+                         "(it names the source's files)")
+    return name
+
+
+SourceName = Annotated[str, AfterValidator(_source_name)]
 
 
 class DatasetSpec(Section):
@@ -383,11 +395,18 @@ def format_validation_error(err: ValidationError, source: str = PARAMS_FILE) -> 
     """One line naming each offending key, e.g. ``params.yaml: data_split.val_fraction: ...``."""
     parts = []
     for e in err.errors():
-        key = ".".join(str(part) for part in e["loc"])
+        key = ".".join(_key_part(part) for part in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         got = "" if isinstance(e["input"], (dict, list)) else f" (got {e['input']!r})"
         parts.append(f"{key}: {msg}{got}" if key else f"{msg}{got}")
     return f"{source}: " + "; ".join(parts)
+
+
+def _key_part(part: str | int) -> str:
+    """A part of a key as written, or quoted when it is empty, has spaces at an end or cannot be
+    printed on one line (a source name holding a newline, say)."""
+    text = str(part)
+    return text if text and text.isprintable() and text.strip() == text else repr(text)
 
 
 def validate_params(raw: dict, source: str = PARAMS_FILE) -> Params:
@@ -422,11 +441,12 @@ def output_paths(repo: str | Path | None = None) -> dict:
 
 def _plain_output(path: str) -> bool:
     """A relative path in its plain spelling, below one of OUTPUT_ROOTS and outside INPUT_DIRS:
-    ``models/merged``, not ``./models/merged``, ``models/../src``, ``data/raw`` or ``/tmp/x``."""
-    parts = path.split("/")
+    ``models/merged``, not ``./models/merged``, ``models/../src``, ``data/raw``, ``data/RAW/x``
+    (the same folder on a case-insensitive file system) or ``/tmp/x``."""
+    parts, folded = path.split("/"), path.casefold()
     return (posixpath.normpath(path) == path and not path.startswith("/") and len(parts) >= 2
             and parts[0] in OUTPUT_ROOTS and ".." not in parts and "\\" not in path
-            and not any(path == d or path.startswith(d + "/") for d in INPUT_DIRS))
+            and not any(folded == d or folded.startswith(d + "/") for d in INPUT_DIRS))
 
 
 def with_output_paths(raw: dict, repo: str | Path | None = None) -> dict:

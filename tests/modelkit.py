@@ -180,9 +180,8 @@ def build_data(cfg) -> None:
     from src.stages import data_split, generate_identity_data, generate_replay_data, merge_data, process_data
 
     generate_identity_data.main(cfg)
-    for source in sorted(cfg.datasets):
-        process_data.main(cfg, source=source)
-        data_split.main(cfg, source=source)
+    process_data.main(cfg)
+    data_split.main(cfg)
     generate_replay_data.main(cfg)
     merge_data.main(cfg)
 

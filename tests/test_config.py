@@ -35,8 +35,7 @@ def test_every_dvc_yaml_param_exists_in_params_yaml():
         keys = [k for st in stages for dep in st.deps if isinstance(dep, ParamsDependency)
                 for k in dep.params]
     names = {st.addressing for st in stages}
-    assert {"generate_identity_data", "process_data@identity", "process_data@orca", "process_data@platypus",
-            "data_split@identity", "data_split@orca", "data_split@platypus", "generate_replay_data",
+    assert {"generate_identity_data", "process_data", "data_split", "generate_replay_data",
             "merge_data", "evaluate", "quality_gate"} <= names
     assert keys
     for key in keys:
@@ -91,7 +90,7 @@ def test_stage_cli_refuses_bad_params_before_work(clone):
     raw = params_file(clone)
     raw["datasets"]["orca"]["subset_rows"] = -1
     (clone / "params.yaml").write_text(yaml.safe_dump(raw))
-    proc = run_cli(["python", "-m", "src.stages.process_data", "--source", "orca"], clone)
+    proc = run_cli(["python", "-m", "src.stages.process_data"], clone)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: params.yaml: datasets.orca.subset_rows:")
@@ -101,9 +100,9 @@ def test_stage_cli_refuses_bad_params_before_work(clone):
 
 def test_dash_s_override_reaches_the_stage(clone):
     """`dvc exp run -S` writes params.yaml; stages read it through dvc.api, so the value applies."""
-    proc = run_cli(["dvc", "exp", "run", "-S", "datasets.orca.subset_rows=7", "process_data@orca"], clone)
+    proc = run_cli(["dvc", "exp", "run", "-S", "datasets.orca.subset_rows=7", "process_data"], clone)
     assert proc.returncode == 0, proc.stderr
     lines = (clone / repo_params()["paths"]["processed_dir"] / "orca.jsonl").read_text().splitlines()
-    metrics = yaml.safe_load((clone / "data/metrics/process_data_orca.json").read_text())
+    metrics = yaml.safe_load((clone / "data/metrics/process_data.json").read_text())["orca"]
     assert metrics["rows_in"] == 7
     assert len(lines) == metrics["rows_out"] <= 7

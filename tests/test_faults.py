@@ -132,10 +132,9 @@ def faulted(tmp_path_factory, tiny_model, reference_run):  # the reference runs 
 
 def test_a_killed_stage_leaves_no_output_dvc_would_take_as_complete(faulted):
     _, _, seen, _ = faulted
-    assert set(seen["stale"]) >= {"generate_identity_data", "fetch_base_model", "generate_replay_data", "merge_data",
-                                  "train", "merge_model", "sanity_check", "evaluate"}
-    assert any(stage.startswith("process_data@") for stage in seen["stale"])
-    assert any(stage.startswith("data_split@") for stage in seen["stale"])
+    assert set(seen["stale"]) >= {"generate_identity_data", "process_data", "data_split", "fetch_base_model",
+                                  "generate_replay_data", "merge_data", "train", "merge_model", "sanity_check",
+                                  "evaluate"}
     assert all(seen["stale"].values()), seen["stale"]  # dvc status reports every killed stage
     assert not any(seen["present"].values()), seen["present"]  # and none left its output in place
 

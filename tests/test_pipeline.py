@@ -16,7 +16,6 @@ from src.records import prompt_key, read_jsonl
 from tests.conftest import ROOT, repo_params, run_cli
 
 PATHS = repo_params()["paths"]
-SPLIT_STAGES = {"data_split@identity", "data_split@orca", "data_split@platypus"}
 
 
 def stages_run(output: str) -> set[str]:
@@ -55,8 +54,8 @@ def test_repro_builds_leak_free_train_and_val(built_clone):
     assert report["dropped"]["process_data_orca"]["too_long"] > 0
     assert report["dropped"]["data_split_orca"]["duplicate"] > 0
     metrics_dir = built_clone / PATHS["metrics_dir"]
-    orca = json.loads((metrics_dir / "process_data_orca.json").read_text())
-    orca_split = json.loads((metrics_dir / "data_split_orca.json").read_text())
+    orca = json.loads((metrics_dir / "process_data.json").read_text())["orca"]
+    orca_split = json.loads((metrics_dir / "data_split.json").read_text())["orca"]
     assert orca_split["rows_in"] == orca["rows_out"]
     assert orca_split["train"] == report["train"]["rows"]["orca"]
 
@@ -69,7 +68,7 @@ def test_second_repro_runs_nothing_and_seed_change_reruns_split_and_merge(built_
     (built_clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = run_cli(["dvc", "repro", "merge_data"], built_clone, check=True)
     # the replay stage reads the training splits' prompts
-    assert stages_run(rerun.stdout) == SPLIT_STAGES | {"generate_replay_data", "merge_data"}
+    assert stages_run(rerun.stdout) == {"data_split", "generate_replay_data", "merge_data"}
 
 
 @pytest.fixture
@@ -95,9 +94,9 @@ def test_import_url_brings_a_raw_file_the_stage_reads(clone, http_server):
     assert dvcfile["deps"][0]["path"] == f"{base}/1M-GPT4-Augmented.parquet"
     assert (clone / target).read_bytes() == (www / "1M-GPT4-Augmented.parquet").read_bytes()
 
-    run_cli(["dvc", "exp", "run", "process_data@orca", "-S", f"datasets.orca.path={target}",
+    run_cli(["dvc", "exp", "run", "process_data", "-S", f"datasets.orca.path={target}",
              "-S", "datasets.orca.subset_rows=50"], clone, check=True)
-    metrics = json.loads((clone / PATHS["metrics_dir"] / "process_data_orca.json").read_text())
+    metrics = json.loads((clone / PATHS["metrics_dir"] / "process_data.json").read_text())["orca"]
     assert metrics["rows_in"] == 50
     assert len(list(read_jsonl(clone / PATHS["processed_dir"] / "orca.jsonl"))) == metrics["rows_out"] > 40
 

@@ -68,8 +68,10 @@ def write_run(repo: Path) -> None:
     for field in ("loss", "mean_token_accuracy"):
         write_tsv(live / "plots/metrics/eval" / f"{field}.tsv", field, [4, 8])
     accounting = {"rows_in": 12, "rows_in_file": 12, "rows_out": 10, "dropped": {"too_long": 1, "empty_reply": 1}}
-    for name in ("generate_identity_data", "process_data_orca", "data_split_orca", "generate_replay_data"):
+    for name in ("generate_identity_data", "generate_replay_data"):
         write_json(repo / PATHS["metrics_dir"] / f"{name}.json", accounting)
+    for name in ("process_data", "data_split"):  # per source
+        write_json(repo / PATHS["metrics_dir"] / f"{name}.json", {"orca": accounting})
     write_json(repo / PATHS["report"], {"train": {"rows": {"total": 9}}, "contamination": {"ngram": 8},
                                         "dropped": {"process_data_orca": {"too_long": 1}}})
     write_json(repo / PATHS["merge_metrics"], {"rows_in": 10, "rows_out": 9, "train": 8, "val": 1,
@@ -154,7 +156,7 @@ def test_metrics_are_the_results_in_order_and_the_accounting_stays_reachable(run
     assert list(shown) == METRICS
     accounting = json.loads(dvc(run_clone, "metrics", "show", "--json", PATHS["metrics_dir"], PATHS["report"]))
     files = accounting[""]["data"]
-    assert f"{PATHS['metrics_dir']}/process_data_orca.json" in files and PATHS["report"] in files
+    assert f"{PATHS['metrics_dir']}/process_data.json" in files and PATHS["report"] in files
     assert files[PATHS["report"]]["data"]["dropped"]["process_data_orca"]["too_long"] == 1
 
 

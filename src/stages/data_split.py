@@ -1,4 +1,4 @@
-"""Stage ``data_split@<source>``: a leak-free, stable train/validation split of one source.
+"""Stage ``data_split``: a leak-free, stable train/validation split of each source.
 
 A record goes to validation when a seeded hash of its normalised prompt falls under
 ``data_split.val_fraction``, so one prompt never lands on both sides and adding rows
@@ -8,14 +8,14 @@ templates, ``val_fraction`` of them (at least one, never all) with the smallest 
 hashes go to validation whole, so validation asks every kind of question in wordings
 training never saw. Exact duplicate records are dropped; so is a validation record
 whose prompt also occurs in training (two groups that produced the same question).
-Counts go to ``<paths.metrics_dir>/data_split_<source>.json``.
+Each source's split goes to ``<paths.split_dir>/<source>/{train,val}.jsonl``, its counts to
+``<paths.metrics_dir>/data_split.json`` under the source's name.
 
-Run: python -m src.stages.data_split --source orca   (or: dvc repro data_split@orca)
+Run: python -m src.stages.data_split   (or: dvc repro data_split)
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -25,7 +25,6 @@ from tqdm import tqdm
 from src.cli import run
 from src.config import Params
 from src.dedup import digest, drop_val_overlap
-from src.errors import PipelineError
 from src.records import Record, prompt_key, read_jsonl, stable_hash, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -66,9 +65,8 @@ def split_records(records: list[Record], val_fraction: float, seed: int) -> tupl
     return train, val
 
 
-def main(cfg: Params, source: str) -> dict:
-    if source not in cfg.datasets:
-        raise PipelineError(f"--source: unknown source '{source}' (params datasets has: {', '.join(cfg.datasets)})")
+def split_source(cfg: Params, source: str) -> dict:
+    """Split ``<processed_dir>/<source>.jsonl`` into its train and val files; return the counts."""
     p = cfg.data_split
     path = cfg.paths.processed_file(source)
     records = list(tqdm(read_jsonl(path), desc=str(path), unit="record", mininterval=1))
@@ -79,15 +77,16 @@ def main(cfg: Params, source: str) -> dict:
     write_jsonl(cfg.paths.split_file(source, "val"), val)
     metrics = {"rows_in": len(records), "rows_out": len(train) + len(val), "train": len(train), "val": len(val),
                "dropped": {"duplicate": duplicates, "prompt_in_train": overlap}}
-    write_json(cfg.paths.metrics_file(f"data_split_{source}"), metrics)
     log.info("%s: %d train, %d val; dropped %d duplicates, %d val prompts seen in train",
              source, len(train), len(val), duplicates, overlap)
     return metrics
 
 
-def _args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", required=True, help="a key of datasets in params.yaml")
+def main(cfg: Params) -> dict:
+    metrics = {source: split_source(cfg, source) for source in sorted(cfg.datasets)}
+    write_json(cfg.paths.metrics_file("data_split"), metrics)
+    return metrics
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main, __doc__, _args))
+    raise SystemExit(run(main, __doc__))

@@ -189,9 +189,11 @@ def main(cfg: Params) -> dict:
     write_jsonl(cfg.paths.train, merged["train"])
     write_jsonl(cfg.paths.val, merged["val"])
 
-    stages = ["generate_identity_data", *(f"{stage}_{s}" for s in sources for stage in ("process_data", "data_split")),
-              "generate_replay_data"]
-    dropped = {stage: read_json(cfg.paths.metrics_file(stage))["dropped"] for stage in stages}
+    dropped = {stage: read_json(cfg.paths.metrics_file(stage))["dropped"]
+               for stage in ("generate_identity_data", "generate_replay_data")}
+    for stage in ("process_data", "data_split"):  # their accounting is per source
+        per_source = read_json(cfg.paths.metrics_file(stage))
+        dropped |= {f"{stage}_{s}": per_source[s]["dropped"] for s in sources}
     left_out = sum(m["left_out"] for m in mix.values())
     repeated = sum(m["repeated"] for m in mix.values())
     dropped["merge_data"] = {"prompt_in_train": cross_source, "left_out_by_mix": left_out,
