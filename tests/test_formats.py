@@ -376,8 +376,8 @@ def test_a_users_file_is_trained_on_with_one_params_entry(clone):
     proc = run_cli(["dvc", "exp", "run", "train", "-S",
                     "+datasets.support={path: data/raw/support.jsonl, format: sharegpt}"], repo)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Running stage 'process_data@support'" in proc.stdout
-    metrics = json.loads((repo / "data/metrics/process_data_support.json").read_text())
+    assert "Running stage 'process_data'" in proc.stdout
+    metrics = json.loads((repo / "data/metrics/process_data.json").read_text())["support"]
     assert metrics["rows_in"] == 7 and metrics["dropped"]["no_assistant_reply"] == 1
     trained = [r for r in read_jsonl(repo / "data/final/train.jsonl") if r.source == "support"]
     val = [r for r in read_jsonl(repo / "data/final/val.jsonl") if r.source == "support"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -143,14 +145,19 @@ def test_bad_file_raises_one_line_naming_file(tmp_path, kind):
     assert "\n" not in message
 
 
+def _first_source(clone: Path, path: Path) -> None:
+    """A source the stage reads first (sources go in name order), from ``path``."""
+    raw = params_file(clone)
+    raw["datasets"]["bad"] = {**raw["datasets"]["orca"], "path": path.name}
+    (clone / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
 @pytest.mark.parametrize("kind", BAD_FILES)
 def test_bad_file_cli_exits_nonzero_with_one_line(clone, kind):
     """The stage's own command: exit 1, one `error:` line naming the file, no traceback."""
     path = _write_bad(clone, kind)
-    raw = params_file(clone)
-    raw["datasets"]["orca"]["path"] = path.name
-    (clone / "params.yaml").write_text(yaml.safe_dump(raw))
-    proc = run_cli(["python", "-m", "src.stages.process_data", "--source", "orca"], clone)
+    _first_source(clone, path)
+    proc = run_cli(["python", "-m", "src.stages.process_data"], clone)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {path.name}: ")
@@ -159,10 +166,7 @@ def test_bad_file_cli_exits_nonzero_with_one_line(clone, kind):
 
 
 def test_debug_flag_adds_the_traceback(clone):
-    path = _write_bad(clone, "corrupt")
-    raw = params_file(clone)
-    raw["datasets"]["orca"]["path"] = path.name
-    (clone / "params.yaml").write_text(yaml.safe_dump(raw))
-    debug = run_cli(["python", "-m", "src.stages.process_data", "--source", "orca", "--debug"], clone)
+    _first_source(clone, _write_bad(clone, "corrupt"))
+    debug = run_cli(["python", "-m", "src.stages.process_data", "--debug"], clone)
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr and "error: bad.parquet: not a readable parquet" in debug.stderr
