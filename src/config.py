@@ -412,9 +412,27 @@ def _key_part(part: str | int) -> str:
 def validate_params(raw: dict, source: str = PARAMS_FILE) -> Params:
     """Check a params mapping against the schema; raise PipelineError naming the key."""
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(whole_characters(raw, source))
     except ValidationError as err:
         raise PipelineError(format_validation_error(err, source)) from err
+
+
+def whole_characters(node, source: str = PARAMS_FILE, key: str = ""):
+    """``node`` with each UTF-16 surrogate pair in its strings joined into the character it spells:
+    YAML's ``"\\ud83e\\udd8a"`` escapes give the pair, which no UTF-8 file, tokenizer or GGUF can
+    hold; the emoji it means can. A lone surrogate is an error naming the key."""
+    if isinstance(node, dict):
+        return {k: whole_characters(v, source, f"{key}.{_key_part(k)}" if key else _key_part(k))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [whole_characters(v, source, f"{key}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str) and any("\ud800" <= c <= "\udfff" for c in node):
+        try:
+            return node.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError as err:
+            raise PipelineError(f"{source}: {key}: a lone surrogate {node[err.start // 2]!r} is half a "
+                                "character; write the character itself") from err
+    return node
 
 
 def output_paths(repo: str | Path | None = None) -> dict:

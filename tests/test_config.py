@@ -106,3 +106,23 @@ def test_dash_s_override_reaches_the_stage(clone):
     metrics = yaml.safe_load((clone / "data/metrics/process_data.json").read_text())["orca"]
     assert metrics["rows_in"] == 7
     assert len(lines) == metrics["rows_out"] <= 7
+
+
+def test_an_emoji_written_as_yaml_surrogate_escapes_is_one_character():
+    """``"\\ud83e\\udd8a"`` in params.yaml is the two halves of 🦊; every stage sees the character."""
+    raw = repo_params()
+    raw["chat"]["system_prompt"] = yaml.safe_load(r'"You are Juniper \ud83e\udd8a, \u4f60\u597d"')
+    raw["generate_identity_data"]["name"] = yaml.safe_load(r'"Fox \ud83e\udd8a"')
+    cfg = validate_params(raw)
+    assert cfg.chat.system_prompt == "You are Juniper 🦊, 你好"
+    assert cfg.generate_identity_data.name == "Fox 🦊"
+    cfg.chat.system_prompt.encode("utf-8")  # a UTF-8 file, a tokenizer or a GGUF can hold it
+
+
+def test_a_lone_surrogate_in_params_is_one_line_naming_the_key():
+    raw = repo_params()
+    raw["sanity_check"]["prompts"] = ["fine", yaml.safe_load(r'"half \ud83e of a fox"')]
+    with pytest.raises(PipelineError) as err:
+        validate_params(raw)
+    assert str(err.value) == ("params.yaml: sanity_check.prompts[1]: a lone surrogate '\\ud83e' is half a character; "
+                              "write the character itself")
