@@ -55,13 +55,15 @@ class Paths(Section):
     quality_gate: NonEmptyStr
     replay: NonEmptyStr
 
-    def processed_file(self, source: str) -> Path:
-        """Where ``process_data`` writes a source's records."""
-        return Path(self.processed_dir) / f"{source}.jsonl"
+    def processed_file(self, source: str, folder: str | Path | None = None) -> Path:
+        """Where ``process_data`` writes a source's records (in ``folder``, a stand-in for
+        processed_dir while it is written)."""
+        return Path(folder or self.processed_dir) / f"{source}.jsonl"
 
-    def split_file(self, source: str, split: str) -> Path:
-        """Where ``data_split`` writes a source's ``train`` or ``val`` records."""
-        return Path(self.split_dir) / source / f"{split}.jsonl"
+    def split_file(self, source: str, split: str, folder: str | Path | None = None) -> Path:
+        """Where ``data_split`` writes a source's ``train`` or ``val`` records (in ``folder``, a
+        stand-in for split_dir while it is written)."""
+        return Path(folder or self.split_dir) / source / f"{split}.jsonl"
 
     def metrics_file(self, name: str) -> Path:
         """Where a data stage writes its row accounting (per source for process_data and data_split)."""

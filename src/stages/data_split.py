@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 
 from tqdm import tqdm
 
 from src.cli import run
 from src.config import Params
 from src.dedup import digest, drop_val_overlap
-from src.records import Record, prompt_key, read_jsonl, stable_hash, write_json, write_jsonl
+from src.records import Record, output_folder, prompt_key, read_jsonl, stable_hash, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +66,17 @@ def split_records(records: list[Record], val_fraction: float, seed: int) -> tupl
     return train, val
 
 
-def split_source(cfg: Params, source: str) -> dict:
-    """Split ``<processed_dir>/<source>.jsonl`` into its train and val files; return the counts."""
+def split_source(cfg: Params, source: str, folder: Path | None = None) -> dict:
+    """Split ``<processed_dir>/<source>.jsonl`` into its train and val files (in split_dir, or in
+    ``folder``); return the counts."""
     p = cfg.data_split
     path = cfg.paths.processed_file(source)
     records = list(tqdm(read_jsonl(path), desc=str(path), unit="record", mininterval=1))
     unique, duplicates = drop_duplicates(records)
     train, val = split_records(unique, p.val_fraction, p.seed)
     val, overlap = drop_val_overlap(train, val)
-    write_jsonl(cfg.paths.split_file(source, "train"), train)
-    write_jsonl(cfg.paths.split_file(source, "val"), val)
+    write_jsonl(cfg.paths.split_file(source, "train", folder), train)
+    write_jsonl(cfg.paths.split_file(source, "val", folder), val)
     metrics = {"rows_in": len(records), "rows_out": len(train) + len(val), "train": len(train), "val": len(val),
                "dropped": {"duplicate": duplicates, "prompt_in_train": overlap}}
     log.info("%s: %d train, %d val; dropped %d duplicates, %d val prompts seen in train",
@@ -83,7 +85,8 @@ def split_source(cfg: Params, source: str) -> dict:
 
 
 def main(cfg: Params) -> dict:
-    metrics = {source: split_source(cfg, source) for source in sorted(cfg.datasets)}
+    with output_folder(cfg.paths.split_dir) as folder:  # all sources or none: a kill leaves no folder
+        metrics = {source: split_source(cfg, source, folder) for source in sorted(cfg.datasets)}
     write_json(cfg.paths.metrics_file("data_split"), metrics)
     return metrics
 

@@ -25,17 +25,18 @@ from tqdm import tqdm
 from src.cli import run
 from src.config import INPUT_DIRS, Params
 from src.formats import read_source
-from src.records import write_json, write_jsonl
+from src.records import output_folder, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 
-def process_source(cfg: Params, source: str) -> dict:
-    """Read one source into ``<processed_dir>/<source>.jsonl``; return its row accounting."""
+def process_source(cfg: Params, source: str, folder: Path | None = None) -> dict:
+    """Read one source into ``<processed_dir>/<source>.jsonl`` (or the same name in ``folder``);
+    return its row accounting."""
     spec = cfg.datasets[source]
     _warn_if_untracked(source, spec.path, cfg.paths.identity)
     records, accounting = read_source(spec, source)
-    out = cfg.paths.processed_file(source)
+    out = cfg.paths.processed_file(source, folder)
     write_jsonl(out, tqdm(records, desc=spec.path, unit="row", mininterval=1))
     metrics = accounting()
     log.info("%s: wrote %d records (%d multi-turn, %d unanswered last turns cut); dropped %s", out,
@@ -54,7 +55,8 @@ def _warn_if_untracked(source: str, path: str, identity: str) -> None:
 
 
 def main(cfg: Params) -> dict:
-    metrics = {source: process_source(cfg, source) for source in sorted(cfg.datasets)}
+    with output_folder(cfg.paths.processed_dir) as folder:  # all sources or none: a kill leaves no folder
+        metrics = {source: process_source(cfg, source, folder) for source in sorted(cfg.datasets)}
     write_json(cfg.paths.metrics_file("process_data"), metrics)
     return metrics
 
