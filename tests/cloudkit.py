@@ -295,3 +295,109 @@ class MotoS3:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+# A sitecustomize.py for the processes of a simulated cloud run (its folder on PYTHONPATH). As each
+# stage process (``-m src.stages.<stage>``) exits, it writes to $ANCESTRY_RECORD_DIR/<stage>-<pid>.json
+# its own environment and that of each ancestor up to pid 1 (``/proc/<pid>/environ``, what any
+# process of the user may read): per process its pid, the start of its argv, and each variable's
+# name with a digest of its value (so a secret is found under any name, and never written).
+ANCESTRY_RECORDER = '''
+import atexit, hashlib, json, os, sys
+
+
+def _process(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = [a.decode(errors="replace") for a in f.read().split(b"\\0") if a][:4]
+    with open(f"/proc/{pid}/stat") as f:
+        parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            entries = [e.partition(b"=") for e in f.read().split(b"\\0") if e]
+        environ = {k.decode(): hashlib.sha256(v).hexdigest()[:16] for k, _, v in entries}
+    except OSError:  # not readable: recorded as such
+        environ = None
+    return {"pid": pid, "argv": argv, "environ": environ}, parent
+
+
+def _record(folder, stage):
+    chain, pid = [], os.getpid()
+    while pid > 1:
+        entry, pid = _process(pid)
+        chain.append(entry)
+    with open(os.path.join(folder, f"{stage}-{os.getpid()}.json"), "w") as f:
+        json.dump(chain, f)
+
+
+_argv = getattr(sys, "orig_argv", [])
+_module = _argv[_argv.index("-m") + 1] if "-m" in _argv[:-1] else ""
+if os.environ.get("ANCESTRY_RECORD_DIR") and _module.startswith("src.stages."):
+    atexit.register(_record, os.environ["ANCESTRY_RECORD_DIR"], _module.rsplit(".", 1)[-1])
+'''
+
+
+def digest(value: str) -> str:
+    """The digest ANCESTRY_RECORDER keeps of a variable's value."""
+    import hashlib
+
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def ancestry_recorder(folder: Path) -> Path:
+    """``folder`` with ANCESTRY_RECORDER as its sitecustomize.py (put it on PYTHONPATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(ANCESTRY_RECORDER)
+    return folder
+
+
+# vLLM's ``vllm serve`` as far as its API key goes, for the serving replica's run script: the key is
+# --api-key, else VLLM_API_KEY in its environment (vLLM's own rule); with a key, a request to a
+# /v1 path without ``Authorization: Bearer <key>`` gets 401, as vLLM answers it. It answers a chat
+# turn for the served model name, listens on 127.0.0.1:$STANDIN_PORT whatever --host and --port
+# say, and writes its argv and the names in its environment to $STANDIN_RECORD as it starts.
+VLLM_STAND_IN = '''
+import argparse, json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+parser = argparse.ArgumentParser(prog="vllm")
+for name in ("command", "model", "--served-model-name", "--host", "--port", "--max-model-len", "--api-key"):
+    parser.add_argument(name)
+args = parser.parse_args()
+key = args.api_key or os.environ.get("VLLM_API_KEY")
+with open(os.environ["STANDIN_RECORD"], "w") as f:
+    json.dump({"argv": sys.argv[1:], "environ": sorted(os.environ)}, f)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if key and self.path.startswith("/v1") and self.headers.get("Authorization") != f"Bearer {key}":
+            return self.reply(401, {"error": "Unauthorized"})
+        if self.path == "/v1/chat/completions" and body.get("model") == args.served_model_name:
+            message = {"role": "assistant", "content": f"I am {args.served_model_name}."}
+            return self.reply(200, {"object": "chat.completion", "model": args.served_model_name,
+                                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+        self.reply(404, {"error": "not found"})
+
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["STANDIN_PORT"])), Handler).serve_forever()
+'''
+
+
+def vllm_stand_in(path: Path) -> Path:
+    """VLLM_STAND_IN as an executable at ``path`` (a venv's bin/vllm)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!{sys.executable}\n{VLLM_STAND_IN}")
+    path.chmod(0o755)
+    return path

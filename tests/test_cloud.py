@@ -1,14 +1,15 @@
-"""sky-training.yaml and sky-vscode.yaml: SkyPilot's own parser and schema, and the training
-YAML's ``setup`` and ``run`` executed as SkyPilot would execute them on a cloud machine, offline.
+"""The SkyPilot YAMLs: SkyPilot's own parser and schema, and their ``setup`` and ``run`` executed
+as SkyPilot would execute them on a cloud machine, offline.
 
 A machine is simulated by a copy of a clone (SkyPilot copies the workdir, ``.git`` included) and
-the environment SkyPilot gives: its task and node variables, the YAML's envs, the secrets, and a
-HOME with no git config. ``PARAMS=""`` swaps the GPU profile for the clone's committed params:
-a tiny random Llama, seconds per stage. Two round trips, each ending in a second clone that
-pulls the experiment back and finds it byte-identical:
+what SkyPilot gives: its job script, which exports its task and node variables, the YAML's envs
+and the secrets (``sky_job``), and a HOME with no git config. ``PARAMS=""`` swaps the GPU
+profile for the clone's committed params: a tiny random Llama, seconds per stage. Two round
+trips, each ending in a second clone that pulls the experiment back and finds it byte-identical:
 
 * S3: the DVC remote on ``moto_server``, the git origin over HTTP wanting GIT_TOKEN, and DVC
-  Studio's API recording the live metrics.
+  Studio's API recording the live metrics; every stage process records what it could read of
+  its own environment and its ancestors'.
 * The committed local remote, with preemption: the first machine is killed in training, the
   second after training (in merge_model), the third finishes from the checkpoints in the
   "bucket"; its adapter equals the uninterrupted S3 run's.
@@ -25,9 +26,14 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,9 +48,22 @@ from tests.cloudkit import (
     FakeStudio,
     GitHttpOrigin,
     MotoS3,
+    ancestry_recorder,
+    digest,
+    free_port,
     hub_files,
+    vllm_stand_in,
 )
-from tests.conftest import OFFLINE, ROOT, InThreads, files_holding, head_start, make_clone, run_cli
+from tests.conftest import (
+    OFFLINE,
+    ROOT,
+    InThreads,
+    files_holding,
+    head_start,
+    make_clone,
+    run_cli,
+    stage_outputs,
+)
 from tests.modelkit import TINY_DAG_SFT, configure_tiny_dag
 
 TRAINING_YAML, VSCODE_YAML = ROOT / "sky-training.yaml", ROOT / "sky-vscode.yaml"
@@ -56,17 +75,19 @@ SECRETS = {name: f"{prefix}{secrets.token_hex(12)}" for name, prefix in (
     ("HF_TOKEN", "hf_"), ("GIT_TOKEN", "ghp_"), ("DVC_STUDIO_TOKEN", "isat_"),
     ("AWS_ACCESS_KEY_ID", "AKIA"), ("AWS_SECRET_ACCESS_KEY", ""))}
 PATHS = output_paths(ROOT)  # dvc.yaml's vars: where each stage writes
+OUTS = stage_outputs(ROOT)  # dvc.yaml's stages
 # What an experiment brings home: its params and lock, metrics, plots, adapter, sanity results
 # (the folder of the sanity check's, evaluation's and gate's files).
 RESULTS = ("params.yaml", "dvc.lock", PATHS["train_live"], PATHS["adapter"], str(Path(PATHS["sanity_results"]).parent),
            PATHS["metrics_dir"], PATHS["report"])
 
 
-def load_task(path: Path, **envs: str):
-    """The task as `sky launch --env K=V path` parses it."""
+def load_task(path: Path, secrets: dict[str, str] | None = None, **envs: str):
+    """The task as `sky launch --env K=V --secret NAME=value path` parses it."""
     import sky
 
-    return sky.Task.from_yaml_config(yaml.safe_load(path.read_text()), env_overrides=list(envs.items()))
+    return sky.Task.from_yaml_config(yaml.safe_load(path.read_text()), env_overrides=list(envs.items()),
+                                     secrets_overrides=list((secrets or {}).items()))
 
 
 def test_training_yaml_passes_skypilot_schema():
@@ -85,7 +106,7 @@ def test_training_yaml_passes_skypilot_schema():
     assert task.workdir == "."
     assert set(task.secrets) >= {"HF_TOKEN", "GIT_TOKEN", "DVC_STUDIO_TOKEN", "AWS_ACCESS_KEY_ID"}
     assert all(not v.get_secret_value() for v in task.secrets.values())  # none inline, given at launch
-    assert "dvc exp run --pull" in task.run and "python -m src.cloud.push" in task.run
+    assert "dvc exp run --name" in task.run and "python -m src.cloud.push" in task.run
     # the 7B profile is the default; its validity against params: test_profile
     assert task.envs["PROFILE"] == "profiles/llama2-7b-qlora.yaml" and (ROOT / task.envs["PROFILE"]).is_file()
     assert task.envs["PARAMS"] == ""
@@ -106,7 +127,10 @@ def test_serve_yaml_passes_skypilot_schema():
     assert service.dynamic_ondemand_fallback  # spot, with on-demand while spot is short
     assert all(r.use_spot and r.ports == ["8000"] for r in task.resources) and len(task.resources) >= 3
     assert not task.file_mounts and task.workdir == "."
-    assert all(not v.get_secret_value() for v in task.secrets.values())
+    assert all(not v.get_secret_value() for v in task.secrets.values()) and "VLLM_API_KEY" in task.secrets
+    # the probe sends the key given at launch, as clients do
+    keyed = load_task(SERVE_YAML, secrets={"VLLM_API_KEY": "k3y"}, EXP_NAME="exp-1")
+    assert keyed.service.readiness_headers == {"Authorization": "Bearer k3y"}
     assert 'dvc" exp pull origin "$EXP_NAME"' in task.run and 'dvc" pull merge_model' in task.run
     assert "vllm\" serve models/merged" in task.run and "--port 8000" in task.run
     assert "requirements-serve.txt" in task.setup and (ROOT / "requirements-serve.txt").is_file()
@@ -165,7 +189,7 @@ def test_vscode_setup_installs_the_pinned_cli_only_when_its_checksum_matches(tmp
 
 
 def test_cloud_scripts_are_valid_bash():
-    for path in (TRAINING_YAML, VSCODE_YAML):
+    for path in (TRAINING_YAML, VSCODE_YAML, SERVE_YAML):
         config = yaml.safe_load(path.read_text())
         for key in ("setup", "run"):
             proc = run_cli(["bash", "-n", "-c", config[key]], ROOT)
@@ -193,6 +217,12 @@ def test_askpass_answers_from_the_environment_only_for_the_origins_host(tmp_path
 
 # --- the simulated cloud machine -------------------------------------------------------------
 
+# The secrets' names, and the variables a run script may hand one on under (the Studio token).
+SECRET_NAMES = (*SECRETS, "TRAIN_STUDIO_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "VLLM_API_KEY")
+# What a SkyPilot machine's own environment holds; the task's envs and secrets are not in it.
+MACHINE_VARS = ("HOME", "PATH", "LANG", "OMP_NUM_THREADS", *OFFLINE)
+
+
 def machine_env(home: Path, checkpoint_dir: Path, **envs: str) -> dict[str, str]:
     """What SkyPilot exports to setup and run: the task's envs (the YAML's, with --env
     overrides), the secrets, its own variables. The Python environment is this one (setup
@@ -203,9 +233,36 @@ def machine_env(home: Path, checkpoint_dir: Path, **envs: str) -> dict[str, str]
     offline = {k: v for k, v in OFFLINE.items() if not k.startswith("GIT_")}  # git identity: the YAML's
     return {**offline, **task.envs, **SECRETS,
             "HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-            "SKYPILOT_TASK_ID": TASK_ID, "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_NODES": "1",
-            "SKYPILOT_NODE_IPS": "127.0.0.1", "SKYPILOT_NUM_GPUS_PER_NODE": "1",
+            "SKYPILOT_TASK_ID": TASK_ID, "SKYPILOT_USER": "alice", "SKYPILOT_NODE_RANK": "0",
+            "SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_IPS": "127.0.0.1", "SKYPILOT_NUM_GPUS_PER_NODE": "1",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+
+
+@contextlib.contextmanager
+def sky_job(section: str, env: dict[str, str], workdir: Path):
+    """Yield (argv, environment) of the command SkyPilot runs for a task's ``setup`` or ``run``:
+    bash on its job script (SkyPilot's own ``make_task_bash_script``), which exports each
+    variable of ``env`` but the machine's own (MACHINE_VARS) and changes to ~/sky_workdir (here a
+    link to ``workdir``). So the shell's own environment, /proc/<pid>/environ, holds no secret,
+    as on a SkyPilot machine. The script holds them, as SkyPilot's /tmp/sky_app_* does: it is
+    written outside the test's folders and deleted after."""
+    from sky.skylet.log_lib import make_task_bash_script
+
+    link = Path(env["HOME"]) / "sky_workdir"
+    link.unlink(missing_ok=True)
+    link.symlink_to(workdir)
+    exports = {k: v for k, v in env.items() if k not in MACHINE_VARS}
+    with tempfile.TemporaryDirectory(prefix="sky_app_") as folder:
+        script = Path(folder) / "job.sh"
+        script.write_text(make_task_bash_script(section, env_vars=exports))
+        yield ["bash", str(script)], {k: v for k, v in env.items() if k in MACHINE_VARS}
+
+
+def run_job(section: str, env: dict[str, str], workdir: Path,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+    with sky_job(section, env, workdir) as (argv, machine):
+        return subprocess.run(argv, env=machine, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
 
 
 # The two jobs below run side by side, and each machine's setup runs pip in this one environment.
@@ -224,35 +281,215 @@ def on_machine(workdir: Path, env: dict[str, str], fault: tuple[str, str] | None
     out = []
     for key in ("setup", "run")[0 if setup else 1:]:
         with SETUP_LOCK if key == "setup" else contextlib.nullcontext():
-            proc = subprocess.run(["bash", "-c", config[key]], cwd=workdir, env=env, capture_output=True, text=True)
+            proc = run_job(config[key], env, workdir)
         out.append(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             return proc.returncode, "\n".join(out)
     return 0, "\n".join(out)
 
 
+def stand_ins(folder: Path, calls: Path, **tools: str) -> Path:
+    """A venv at ``folder`` whose bin holds the ``tools`` (name -> sh body), each first appending
+    to ``calls`` a line ``<tool> <args> [<the secrets in its environment, by name>]``; its
+    activate puts them first on PATH. Returns the venv."""
+    held = f'held=""; for n in {" ".join(SECRET_NAMES)}; do if printenv "$n" >/dev/null; then held="$held $n"; fi; done'
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for tool, body in tools.items():
+        (bin_dir / tool).write_text(f'#!/bin/sh\n{held}\necho "{tool} $* [${{held# }}]" >> {calls}\n{body}\n')
+        (bin_dir / tool).chmod(0o755)
+    (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    return folder
+
+
 def test_other_machines_of_a_multi_node_job_run_up_to_train_only(tmp_path):
     """On a machine with SKYPILOT_NODE_RANK > 0 the run goes as far as the train stage (whose
-    processes join the first machine's), without pushing or posting to Studio. dvc and git
-    are stand-ins here that record how they were called."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("dvc", "git"):
-        record = f'echo "{tool} $* studio=${{DVC_STUDIO_TOKEN:-unset}}" >> {tmp_path}/calls'
-        (bin_dir / tool).write_text(f"#!/bin/sh\n{record}\n")
-        (bin_dir / tool).chmod(0o755)
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    (venv / "bin/activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    processes join the first machine's), without pushing or posting to Studio; dvc exp run gets
+    the Hub token alone, the fetch before it the storage keys alone. dvc and git are stand-ins
+    here that record how they were called."""
+    venv = stand_ins(tmp_path / "venv", tmp_path / "calls", dvc="", git="")
     env = machine_env(tmp_path / "home", tmp_path / "checkpoints") | {
         "VENV": str(venv), "PARAMS": "-S train.distributed=ddp", "SKYPILOT_NODE_RANK": "1", "SKYPILOT_NUM_NODES": "2",
         "SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2"}
-    config = yaml.safe_load(TRAINING_YAML.read_text())
-    proc = subprocess.run(["bash", "-c", config["run"]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    proc = run_job(yaml.safe_load(TRAINING_YAML.read_text())["run"], env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert calls == ["dvc exp run --pull -S train.distributed=ddp train studio=unset"], calls
-    assert (tmp_path / "checkpoints").name in proc.stdout  # the same checkpoint folder as the first machine
+    assert calls == ["dvc fetch --run-cache [AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY]",
+                     "dvc exp run -S train.distributed=ddp train [HF_TOKEN]"], calls
+    # the same checkpoint folder as the first machine
+    assert f"checkpoints in {tmp_path / 'checkpoints/alice'}/{TASK_ID}" in proc.stdout
+
+
+# A stand-in `dvc` for the runs below, on real git: `exp run` writes a checkpoint into
+# TRAIN_CHECKPOINT_DIR (and stops there, as if preempted, with STANDIN_PREEMPT set), then commits
+# the experiment on a ref named as DVC names it; `exp push` pushes the ref (with --force when
+# given) and, on a diverged ref, warns and exits 0 as DVC does; the rest answers as a remote
+# that holds every output.
+DVC_STAND_IN = """
+ref() { base=$(git rev-parse HEAD); echo "refs/exps/$(echo "$base" | cut -c1-2)/$(echo "$base" | cut -c3-)/$1"; }
+for last in "$@"; do :; done
+case "$1 $2" in
+  "exp run")
+    ckpt="$TRAIN_CHECKPOINT_DIR/fp/checkpoint-1"
+    mkdir -p "$ckpt" && echo "$SKYPILOT_USER" > "$ckpt/w"
+    [ -z "${STANDIN_PREEMPT:-}" ] || exit 137
+    while [ "$1" != --name ]; do shift; done
+    git update-ref "$(ref "$2")" "$(echo "trained by $SKYPILOT_USER" | git commit-tree "HEAD^{tree}" -p HEAD)" ;;
+  "exp push")
+    force=; [ "$3" != --force ] || force=--force
+    git push -q $force origin "$(ref "$last"):$(ref "$last")" 2>/dev/null ||
+      echo "WARNING: Local experiment '$last' has diverged from remote experiment with the same name." >&2 ;;
+  "status --cloud") echo '{}' ;;
+  "remote default") echo storage ;;
+  "config remote.storage.url") echo s3://bucket/store ;;
+esac
+"""
+
+
+def two_users_setup(tmp: Path) -> tuple[Path, Path, dict[str, str]]:
+    """A bare origin, a clone of a one-commit repo pushed to it (the laptop's), a bucket, and the
+    stand-ins (DVC_STAND_IN; the quality gate passes); returns (origin, laptop, the job's env)."""
+    origin, laptop = tmp / "origin.git", tmp / "laptop"
+    run_cli(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp, check=True)
+    laptop.mkdir()
+    (laptop / "README.md").write_text("a project\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "README.md"], ["commit", "-qm", "start"],
+                 ["remote", "add", "origin", str(origin)], ["push", "-q", "origin", "main"]):
+        run_cli(["git", *args], laptop, check=True)
+    gate = f'[ "$1 $2" = "-m src.stages.quality_gate" ] && exit 0; exec {sys.executable} "$@"'
+    venv = stand_ins(tmp / "venv", tmp / "calls", dvc=DVC_STAND_IN, python=gate)
+    # src.cloud.push from this checkout: the machine's copy holds no source
+    env = {"VENV": str(venv), "PYTHONPATH": str(ROOT), "EXP_NAME": "shared"}
+    return origin, laptop, env
+
+
+def origin_ref(origin: Path, name: str) -> str:
+    refs = run_cli(["git", "ls-remote", str(origin), f"refs/exps/*/{name}"], origin).stdout.split()
+    return refs[0] if refs else ""
+
+
+def test_two_users_jobs_of_one_name_neither_overwrite_nor_delete_each_other(tmp_path):
+    """Bob's job is preempted in training; Alice's job of the same name on the same bucket and
+    origin then runs to the end, and deletes her checkpoints, not his; his recovered job finds
+    her experiment under the name on origin and stops, with one line, before training, where
+    before it would have pushed over hers (--force)."""
+    origin, laptop, stand = two_users_setup(tmp_path)
+    bucket = tmp_path / "bucket"
+
+    def job(user: str, machine: str, **extra: str) -> subprocess.CompletedProcess:
+        workdir = shutil.copytree(laptop, tmp_path / machine, symlinks=True)
+        env = machine_env(tmp_path / f"home-{user}", bucket) | stand | {
+            "SKYPILOT_USER": user, "SKYPILOT_TASK_ID": f"sky-managed-{user}", **extra}
+        (tmp_path / "calls").unlink(missing_ok=True)
+        return run_job(yaml.safe_load(TRAINING_YAML.read_text())["run"], env, workdir)
+
+    bob = job("bob", "bob-1", STANDIN_PREEMPT="1")
+    assert bob.returncode == 137, bob.stderr
+    bobs = bucket / "bob/shared/fp/checkpoint-1/w"
+    assert bobs.read_text() == "bob\n"
+    alice = job("alice", "alice-1")
+    assert alice.returncode == 0, alice.stderr
+    assert "pushed; to bring it home" in alice.stdout
+    hers = origin_ref(origin, "shared")
+    local = run_cli(["git", "for-each-ref", "--format=%(objectname)", "refs/exps"], tmp_path / "alice-1").stdout
+    assert hers and local.split() == [hers]  # her experiment's commit
+    assert not (bucket / "alice/shared").exists() and bobs.read_text() == "bob\n"  # hers went, his stay
+    recovered = job("bob", "bob-2")
+    errors = [line for line in recovered.stderr.splitlines() if line.startswith("error:")]
+    assert recovered.returncode == 1 and len(errors) == 1, recovered.stderr
+    assert "origin has refs/exps/" in errors[0] and f"at {hers[:7]}, which this job did not push" in errors[0]
+    assert "exp run" not in (tmp_path / "calls").read_text()  # stopped before training
+    assert origin_ref(origin, "shared") == hers and bobs.exists()
+
+
+def test_push_forces_only_over_a_commit_the_jobs_record_lists(tmp_path):
+    """src.cloud.push on a diverged ref: with the origin's commit missing from the job's record
+    (another job's, pushed while this one trained) it stops with one line and forces nothing;
+    with the commit listed (this job's own push, cut short on an earlier machine) it forces."""
+    origin, laptop, stand = two_users_setup(tmp_path)
+    env = {"PATH": f"{stand['VENV']}/bin:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
+           "TRAIN_CHECKPOINT_DIR": str(tmp_path / "ckpt"), "SKYPILOT_USER": "x", "STANDIN_PREEMPT": ""}
+    theirs, mine = (shutil.copytree(laptop, tmp_path / who, symlinks=True) for who in ("theirs", "mine"))
+    for repo, who in ((theirs, "carol"), (mine, "dave")):
+        run_cli(["dvc", "exp", "run", "--name", "shared"], repo, check=True, env=env | {"SKYPILOT_USER": who})
+    run_cli(["dvc", "exp", "push", "origin", "shared"], theirs, check=True, env=env)
+    carols = origin_ref(origin, "shared")
+    record = tmp_path / "record.json"
+    push = [sys.executable, "-m", "src.cloud.push", "shared", "--record", str(record), "--wait", "0"]
+    refused = run_cli(push, mine, env=env)
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 1 and last.startswith("error: origin has refs/exps/") and "did not push" in last
+    assert "--force" not in (tmp_path / "calls").read_text() and origin_ref(origin, "shared") == carols
+    ref = next(iter(json.loads(record.read_text())))
+    dave = run_cli(["git", "rev-parse", ref], mine, check=True).stdout.strip()
+    assert json.loads(record.read_text()) == {ref: [dave]}  # recorded before the push
+    record.write_text(json.dumps({ref: [carols, dave]}))  # as if this job had pushed carol's commit
+    forced = run_cli(push, mine, env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert "exp push --force" in (tmp_path / "calls").read_text() and origin_ref(origin, "shared") == dave
+
+
+def test_serving_refuses_to_start_without_a_key_and_vllm_refuses_requests_without_it(tmp_path):
+    """sky-serve.yaml's run with stand-ins for dvc and vLLM (VLLM_STAND_IN, which checks the key
+    as vLLM does): without VLLM_API_KEY it stops with one line before pulling anything; with it,
+    vLLM starts holding the key and no credential, a request without the key, or with another,
+    gets 401, and the readiness probe SkyServe sends (the key filled in) gets an answer."""
+    port = free_port()
+    venv = stand_ins(tmp_path / "venv", tmp_path / "calls", dvc="")
+    vllm_stand_in(tmp_path / "vllm-venv/bin/vllm")
+    key = secrets.token_urlsafe(16)
+    task = load_task(SERVE_YAML, secrets={"VLLM_API_KEY": key}, EXP_NAME="qlora-s3")
+    (tmp_path / "home").mkdir()
+    env = {**task.envs, **{k: v for k, v in SECRETS.items() if k in task.secrets}, "VLLM_API_KEY": key,
+           "VENV": str(venv), "VLLM_VENV": str(tmp_path / "vllm-venv"), "STANDIN_PORT": str(port),
+           "STANDIN_RECORD": str(tmp_path / "vllm.json"), "HOME": str(tmp_path / "home"),
+           "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    keyless = run_job(task.run, env | {"VLLM_API_KEY": ""}, tmp_path, timeout=60)  # a server never ends
+    assert keyless.returncode == 1 and keyless.stderr.strip().splitlines() == [
+        "error: no API key: pass --secret VLLM_API_KEY (clients send it as 'Authorization: Bearer <key>')"]
+    assert not (tmp_path / "calls").exists() and not (tmp_path / "vllm.json").exists()
+
+    def post(path: str, body: dict, headers: dict[str, str]) -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 (loopback)
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    with sky_job(task.run, env, tmp_path) as (argv, machine):
+        server = subprocess.Popen(argv, env=machine, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not socket_open(port):
+                assert server.poll() is None and time.monotonic() < deadline, server.communicate()[0]
+                time.sleep(0.1)
+            turn = {"model": task.envs["SERVED_NAME"], "messages": [{"role": "user", "content": "Who are you?"}]}
+            assert post("/v1/chat/completions", turn, {})[0] == 401
+            assert post("/v1/chat/completions", turn, {"Authorization": "Bearer not-the-key"})[0] == 401
+            status, answer = post("/v1/chat/completions", turn, {"Authorization": f"Bearer {key}"})
+            assert status == 200 and answer["choices"][0]["message"]["content"] == "I am juniper."
+            probe = post(task.service.readiness_path, task.service.post_data, task.service.readiness_headers)
+            assert probe[0] == 200
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    started = json.loads((tmp_path / "vllm.json").read_text())
+    assert {"VLLM_API_KEY"} == set(started["environ"]) & set(SECRET_NAMES)  # the key, no credential
+    assert key not in " ".join(started["argv"])  # not on its command line, where ps shows it
+    assert started["argv"][:2] == ["serve", "models/merged"]
+    assert "--host 0.0.0.0 --port 8000" in " ".join(started["argv"])
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert [c.split(" [")[0] for c in calls] == ["dvc exp pull origin qlora-s3", "dvc exp apply qlora-s3",
+                                                 "dvc pull merge_model"]
+    assert all("VLLM_API_KEY" not in c and "GIT_TOKEN" in c for c in calls), calls
+
+
+def socket_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def bring_home(home: Path, origin_url: str, name: str, env: dict[str, str]) -> Path:
@@ -325,14 +562,16 @@ def s3_job(tmp: Path, model: Path) -> dict:
         env = machine_env(tmp / "machine-home", tmp / "bucket", EXP_NAME="qlora-s3",
                           DVC_STUDIO_URL=studio.url, AWS_DEFAULT_REGION="us-east-1",
                           PROFILE="profiles/loopback.yaml", PARAMS="-S quality_gate.min_identity_accuracy=1.0")
-        env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+        env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "ANCESTRY_RECORD_DIR": str(tmp / "ancestry"),
+                "PYTHONPATH": str(ancestry_recorder(tmp / "recorder"))}
+        (tmp / "ancestry").mkdir()
         refused = on_machine(machine, {**env, "GIT_TOKEN": "not-the-token"}, setup=False)
         code, output = on_machine(machine, env)
         assert code == 1 and "pushed; to bring it home" in output, output[-4000:]
         home = bring_home(tmp / "home", f"{origin.url}/origin.git", "qlora-s3", git_env)
         return {"machine": machine, "home": home, "output": output, "refused": refused, "studio": studio.posts,
                 "s3_keys": s3.keys(), "denied": origin.denied, "bucket": tmp / "bucket", "tmp": tmp,
-                "hub": hub.requests}
+                "hub": hub.requests, "ancestry": tmp / "ancestry"}
     finally:
         hub.close()
         origin.close()
@@ -360,7 +599,7 @@ def preempted_job(tmp: Path, model: Path) -> dict:
         for i, fault in enumerate([("train", "step:7"), ("merge_model", "replace"), ("push", "push-cache"), None]):
             machine = shutil.copytree(laptop, tmp / f"machine{i}", symlinks=True)
             code, output = on_machine(machine, env, fault, setup=i == 0)
-            steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (tmp / "bucket").glob("*/*/checkpoint-*"))
+            steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (tmp / "bucket").glob("*/*/*/checkpoint-*"))
             origin_refs = run_cli(["git", "ls-remote", str(tmp / "origin.git"), "refs/exps/*"], tmp).stdout
             remote_files = sorted(p for p in (Path(env["HOME"]) / "dvc-storage").rglob("*") if p.is_file())
             runs.append({"code": code, "output": output, "steps": steps, "machine": machine,
@@ -417,7 +656,7 @@ def test_cloud_run_pushes_to_s3_and_comes_home_byte_identical(s3_run):
     assert "warning: the DVC remote" not in s3_run["output"]
     assert len(s3_run["s3_keys"]) >= 10 and all(k.startswith("store/") for k in s3_run["s3_keys"])
     assert_same_results(s3_run["machine"], s3_run["home"])
-    assert not any(s3_run["bucket"].iterdir())  # the experiment's checkpoints went once pushed
+    assert not [p for p in s3_run["bucket"].rglob("*") if p.is_file()]  # the checkpoints went once pushed
 
 
 @pytest.mark.slow
@@ -426,9 +665,9 @@ def test_cloud_run_trains_on_the_files_its_profile_imports_from_the_hub(s3_run):
     params = yaml.safe_load((home / "params.yaml").read_text())
     assert {s: params["datasets"][s]["path"] for s in HUB_ROWS} == {"orca": "data/raw/1M-GPT4-Augmented.parquet",
                                                                     "platypus": "data/raw/open-platypus.parquet"}
+    metrics = json.loads((home / PATHS["metrics_dir"] / "process_data.json").read_text())  # per source
     for source, rows in HUB_ROWS.items():  # every row of the served file, not the samples
-        metrics = json.loads((home / PATHS["metrics_dir"] / f"process_data_{source}.json").read_text())
-        assert metrics["rows_in"] == rows, source
+        assert metrics[source]["rows_in"] == rows, source
     # the experiment records where the files came from, at the commit (the branch was looked up once)
     orca = yaml.safe_load((home / "data/raw/1M-GPT4-Augmented.parquet.dvc").read_text())
     resolved = f"/datasets/Open-Orca/OpenOrca/resolve/{ORCA_COMMIT}/1M-GPT4-Augmented.parquet"
@@ -473,6 +712,38 @@ def test_no_credential_is_written_anywhere(s3_run):
     assert files_holding(tmp, SECRETS.values()) == [f"{tmp / 'planted.txt'}: {SECRETS['GIT_TOKEN']}"]
 
 
+# The secrets a stage process may hold: the Hub token to download, the Studio token for live
+# metrics (as TRAIN_STUDIO_TOKEN); and those dvc exp run holds for them, which every stage can read.
+STAGE_SECRETS = {"fetch_base_model": {"HF_TOKEN"}, "train": {"DVC_STUDIO_TOKEN"}}
+DVC_EXP_RUN_SECRETS = {"HF_TOKEN", "DVC_STUDIO_TOKEN"}
+
+
+@pytest.mark.slow
+def test_no_stage_can_read_the_git_token_or_storage_keys_in_any_ancestor(s3_run):
+    """Each stage process's own environment, and that of each of its ancestors up to pid 1
+    (/proc/<pid>/environ, recorded as the stage exits: ANCESTRY_RECORDER), matched against the
+    secrets by value: a stage holds only what it uses; dvc exp run, its parent, only the Hub and
+    Studio tokens; the run's shell and everything above it none. So no stage can read the git
+    token or the storage keys, which only the preflight, the fetch and the push get."""
+    names = {digest(value): name for name, value in SECRETS.items()}
+    own: dict[str, set[str]] = {}
+    for path in sorted(s3_run["ancestry"].glob("*.json")):
+        stage, chain = path.stem.rsplit("-", 1)[0], json.loads(path.read_text())
+        held = [{names[d] for d in process["environ"].values() if d in names} for process in chain]
+        own.setdefault(stage, set()).update(held[0])
+        argvs = [" ".join(process["argv"]) for process in chain]
+        exp_run = [i for i, argv in enumerate(argvs) if " exp run" in argv]
+        above = held[1:] if not exp_run else held[exp_run[0] + 1:]
+        assert all(not h for h in above), (stage, list(zip(argvs, held)))  # the shell, pytest, ...
+        if exp_run:  # between the stage and dvc exp run, what dvc exp run holds (and can fail)
+            assert held[exp_run[0]] == DVC_EXP_RUN_SECRETS, (stage, argvs)
+            assert all(h <= DVC_EXP_RUN_SECRETS for h in held[1:exp_run[0]]), (stage, argvs)
+        assert any(argv.startswith("bash ") and argv.endswith("job.sh") for argv in argvs), argvs  # the run's shell
+    assert set(own) == {s.split("@")[0] for s in OUTS}  # every stage of dvc.yaml ran and was recorded
+    assert own == {stage: STAGE_SECRETS.get(stage, set()) for stage in own}
+    assert len(list(s3_run["ancestry"].glob("quality_gate-*.json"))) == 2  # in dvc exp run, then by the run
+
+
 @pytest.mark.slow
 def test_preempted_run_resumes_from_the_bucket_and_finishes(preempted_run):
     first, second, pushing, third = preempted_run["runs"]
@@ -484,7 +755,7 @@ def test_preempted_run_resumes_from_the_bucket_and_finishes(preempted_run):
     last = TINY_DAG_SFT["max_steps"]
     assert second["steps"] == [last - save, last]  # kept after training: results not pushed yet
     assert f"checkpoint-{last} (step {last})" in third["output"] and "training had finished" in third["output"]
-    assert not any(preempted_run["bucket"].iterdir())  # spent once pushed
+    assert not [p for p in preempted_run["bucket"].rglob("*") if p.is_file()]  # spent once pushed
     assert preempted_run["name"] == TASK_ID  # one experiment across the job's machines
     assert "warning: the DVC remote is a folder on this machine" in third["output"]
 
