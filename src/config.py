@@ -85,7 +85,8 @@ class Paths(Section):
                                     or path.startswith(other_path.rstrip("/") + "/")):
                     if {key, other} & CONTAINERS and path != other_path:
                         continue  # a folder of outputs holds the outputs named for it (split_dir: its files)
-                    raise ValueError(f"{key} ({path}) and {other} ({other_path}) overlap; every output "
+                    given = self.outputs()
+                    raise ValueError(f"{key} ({given[key]}) and {other} ({given[other]}) overlap; every output "
                                      "needs a path of its own")
         return self
 

@@ -86,7 +86,8 @@ def test_a_stage_run_outside_dvc_refuses_an_output_path_in_params(clone, outside
     _intact(clone, outside)
 
 
-@pytest.mark.parametrize("value", [*DANGEROUS, "models", "/tmp/x", "models/merged/", "data\\final"])
+@pytest.mark.parametrize("value", [*DANGEROUS, "models", "/tmp/x", "models/merged/", "data\\final", "data/RAW/x",
+                                   "data/Raw", "models/Base"])
 def test_a_hand_edited_dvc_yaml_output_is_refused_by_every_stage(tmp_path, value):
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     pipeline["vars"][0]["paths"]["merged_model"] = value.format(outside=tmp_path)
