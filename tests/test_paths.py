@@ -165,7 +165,6 @@ def _resolved(repo: Path) -> dict[str, tuple[str, list[str]]]:
 def test_no_params_value_reaches_a_command_or_an_output_path(clone, tmp_path):
     """Every key and string value of params.yaml replaced: no stage's command or output changes."""
     clean = _resolved(clone)
-    raw = params_file(clone)
     _with_sources(clone, bad_names(tmp_path))
     raw = params_file(clone)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from src.cli import one_line_errors
 from src.errors import PipelineError
+from src.records import write_json
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,9 @@ def read_record(path: Path) -> dict[str, list[str]]:
 
 
 def write_record(path: Path, record: dict[str, list[str]]) -> None:
-    """Replace the record whole (a rename), so that a machine lost mid-write leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Replace the record whole (a rename, synced first), so that a machine lost mid-write leaves
+    the old one."""
+    write_json(path, record, sync=True)
 
 
 def not_ours(git_remote: str, ref: str, theirs: str, name: str) -> PipelineError:
