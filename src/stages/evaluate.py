@@ -57,9 +57,10 @@ from src.chat import conversation, supervised_ids, training_example
 from src.cli import run
 from src.config import IdentityParams, Params
 from src.errors import PipelineError
+from src.files import open_atomic, read_json, read_yaml, write_json
 from src.generation import Answer, generate
 from src.modeling import compute_dtype, device_kind, load_for_inference
-from src.records import Record, normalise, open_atomic, prompt_key, read_json, read_jsonl, read_yaml, write_json
+from src.records import Record, normalise, prompt_key, read_jsonl
 
 log = logging.getLogger(__name__)
 

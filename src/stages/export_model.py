@@ -25,7 +25,7 @@ from pathlib import Path
 from src.cli import run
 from src.config import GGUF_TYPES, Params
 from src.export import modelfile, quantize_with_llama_cpp, read_config, write_gguf
-from src.records import output_folder
+from src.files import output_folder
 
 log = logging.getLogger(__name__)
 
