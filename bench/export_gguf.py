@@ -34,7 +34,7 @@ def main() -> None:
 
     from src.config import load_params
     from src.export import write_gguf
-    from src.stages.evaluate import identity_checks, identity_correct, other_terms
+    from src.scoring import identity_checks, identity_correct, other_terms
 
     cfg = load_params()
     folder = Path(cfg.paths.merged_model)
