@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the case's file, format and subset; it writes <out>/big.jsonl; its row accounting is returned.
 STAGE = """
 from src.config import load_params
-from src.records import write_json
+from src.files import write_json
 from src.stages import process_data
 cfg = load_params({root!r})
 paths = cfg.paths.model_copy(update={{"processed_dir": {out!r}, "metrics_dir": {out!r}}})

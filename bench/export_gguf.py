@@ -33,8 +33,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from src.config import load_params
-    from src.export import write_gguf
-    from src.stages.evaluate import identity_checks, identity_correct, other_terms
+    from src.gguf_writer import write_gguf
+    from src.scoring import identity_checks, identity_correct, other_terms
 
     cfg = load_params()
     folder = Path(cfg.paths.merged_model)

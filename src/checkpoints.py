@@ -48,7 +48,7 @@ import shutil
 from pathlib import Path
 
 from src.errors import PipelineError
-from src.records import file_digest, write_json
+from src.files import file_digest, write_json
 
 log = logging.getLogger(__name__)
 

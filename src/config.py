@@ -321,11 +321,13 @@ class GateParams(Section):
     min_eos_rate: Rate
 
 
-# GGUF types export_model writes: with the gguf package, and (the k-quants) from the f16 file with
-# llama.cpp's quantizer.
-GGUF_TYPES = ("f16", "bf16", "q8_0")
-LLAMA_CPP_TYPES = ("q4_k_m", "q5_k_m", "q6_k")
-GgufType = Literal[GGUF_TYPES + LLAMA_CPP_TYPES]  # type: ignore[valid-type]
+# The GGUF types export_model writes, each with the file it is made from: None where the gguf
+# package writes it from the merged model (src/gguf_writer.py), else the type whose file
+# llama.cpp's quantizer makes it from (the k-quants: from the f16 file).
+GGUF_MADE_FROM: dict[str, str | None] = {"f16": None, "bf16": None, "q8_0": None,
+                                         "q4_k_m": "f16", "q5_k_m": "f16", "q6_k": "f16"}
+GGUF_WRITTEN = tuple(kind for kind, source in GGUF_MADE_FROM.items() if source is None)
+GgufType = Literal[tuple(GGUF_MADE_FROM)]  # type: ignore[valid-type]
 
 
 class ExportParams(Section):
@@ -341,9 +343,12 @@ class ExportParams(Section):
         if self.ollama is not None and self.ollama not in self.gguf:
             raise ValueError(f"ollama: {self.ollama} is not among the GGUF types written (gguf: "
                              f"{', '.join(self.gguf) or 'none'})")
-        k_quants = [k for k in self.gguf if k in LLAMA_CPP_TYPES]
-        if k_quants and "f16" not in self.gguf:
-            raise ValueError(f"gguf: the k-quants ({', '.join(k_quants)}) are made from the f16 file; add f16")
+        unmade = [k for k in self.gguf if GGUF_MADE_FROM[k] not in (None, *self.gguf)]  # their source not written
+        if unmade:
+            source = GGUF_MADE_FROM[unmade[0]]
+            k_quants = [k for k in unmade if GGUF_MADE_FROM[k] == source]
+            raise ValueError(f"gguf: the k-quants ({', '.join(k_quants)}) are made from the {source} file; "
+                             f"add {source}")
         return self
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from src.config import FetchParams
 from src.errors import PipelineError
+from src.files import file_digest
 from src.modeling import SOURCE_FILE, folder_digests, load_tokenizer, require_tokenizer_files, tensor_shapes
-from src.records import file_digest
 
 log = logging.getLogger(__name__)
 

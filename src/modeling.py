@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from src.errors import PipelineError
-from src.records import file_digest
+from src.files import file_digest
 
 log = logging.getLogger(__name__)
 

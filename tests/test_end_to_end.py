@@ -161,7 +161,7 @@ def test_llama_cpp_answers_the_held_out_identity_questions_as_transformers_does(
     system prompt of training; answers are scored as evaluate scores them, stop at EOS, and
     are right as often as the merged model's in transformers."""
     from src.config import load_params
-    from src.stages.evaluate import identity_checks, identity_correct, other_terms
+    from src.scoring import identity_checks, identity_correct, other_terms
 
     repo, _, _ = pipeline
     cfg = load_params(str(repo))

@@ -23,7 +23,8 @@ import yaml
 
 from src.chat import with_system_prompt
 from src.errors import PipelineError
-from src.export import modelfile, read_config, write_gguf
+from src.gguf_writer import read_config, write_gguf
+from src.ollama import modelfile
 from tests.conftest import params_file, run_cli
 from tests.modelkit import CHATML_TEMPLATE, LLAMA2_TEMPLATE, llama2_tokenizer, smollm2_tokenizer, tiny_model_folder
 

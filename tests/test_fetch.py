@@ -88,7 +88,7 @@ def test_a_real_safetensors_write_error_is_one_line(tmp_path, hub_folder):
     import resource
     import signal
 
-    from src.records import output_folder
+    from src.files import output_folder
 
     model = modeling.load_model(hub_folder, None)
     out = tmp_path / "merged"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from src import scoring
 from src.chat import with_system_prompt
 from src.config import IdentityParams
 from src.errors import PipelineError
@@ -253,7 +254,7 @@ def test_evaluation_answers_and_retention(trained):
     cfg, _, metrics = trained
     rows = [json.loads(line) for line in Path(cfg.paths.evaluation_answers).read_text().splitlines()]
     probes = [r for r in rows if r["kind"].startswith("probe/")]
-    assert len(probes) == metrics["probes"] == len(evaluate.load_probes(cfg.evaluate.retention_probes))
+    assert len(probes) == metrics["probes"] == len(scoring.load_probes(cfg.evaluate.retention_probes))
     assert metrics["probes_base_knows"] == sum(r["base_knows"] for r in probes)
     assert all(r["base_right"] for r in probes if r["base_knows"])  # known: right both ways
     kept = [r["finetuned_right"] for r in probes if r["base_knows"]]
@@ -308,40 +309,40 @@ OTHERS = ["ChatGPT", "OpenAI", "Gemini", "Google"]
     ("Did Google make you?", "No. Northwind Labs built me.", "No, I'm Juniper, made by OpenAI.", False),
 ])
 def test_identity_correct_is_strict(question, reference, answer, ok):
-    check = evaluate.record_check(make_record(question, reference, "identity"), IDENTITY)
-    assert evaluate.identity_correct(check, answer, OTHERS) is ok
+    check = scoring.record_check(make_record(question, reference, "identity"), IDENTITY)
+    assert scoring.identity_correct(check, answer, OTHERS) is ok
 
 
 def test_unseen_identity_questions_are_filled_scored_by_kind_and_in_no_template(tmp_path):
-    checks = evaluate.identity_checks(ROOT / "src/prompts/identity.yaml", IDENTITY)
+    checks = scoring.identity_checks(ROOT / "src/prompts/identity.yaml", IDENTITY)
     assert len(checks) >= 30 and len({normalise(c.question) for c in checks}) == len(checks)
     assert not any("{" in c.question for c in checks)
-    filled = [c.question for c in checks if any(evaluate.mentions(c.question, o) for o in OTHERS)]
+    filled = [c.question for c in checks if any(scoring.mentions(c.question, o) for o in OTHERS)]
     # round the configured others: each of the two is asked about, in turn
     assert sum("ChatGPT" in q or "OpenAI" in q for q in filled) == sum("Gemini" in q or "Google" in q for q in filled)
     by_question = {c.question: c for c in checks}
     name = by_question["What do people call you?"]
-    assert evaluate.identity_correct(name, "People call me Juniper.", OTHERS)
-    assert not evaluate.identity_correct(name, "I'm an AI assistant made by Northwind Labs.", OTHERS)
+    assert scoring.identity_correct(name, "People call me Juniper.", OTHERS)
+    assert not scoring.identity_correct(name, "I'm an AI assistant made by Northwind Labs.", OTHERS)
     maker = by_question["Which lab trained you?"]
-    assert evaluate.identity_correct(maker, "Northwind Labs trained me.", OTHERS)
-    assert not evaluate.identity_correct(maker, "I'm Juniper.", OTHERS)
+    assert scoring.identity_correct(maker, "Northwind Labs trained me.", OTHERS)
+    assert not scoring.identity_correct(maker, "I'm Juniper.", OTHERS)
     alexa = by_question["Are you Alexa?"]  # a denial of an assistant outside the configured others
-    assert evaluate.identity_correct(alexa, "No, I'm not Alexa. I'm Juniper.", OTHERS)
-    assert not evaluate.identity_correct(alexa, "I'm Juniper.", OTHERS)
-    assert not evaluate.identity_correct(alexa, "No, I'm ChatGPT.", OTHERS)
+    assert scoring.identity_correct(alexa, "No, I'm not Alexa. I'm Juniper.", OTHERS)
+    assert not scoring.identity_correct(alexa, "I'm Juniper.", OTHERS)
+    assert not scoring.identity_correct(alexa, "No, I'm ChatGPT.", OTHERS)
     # no wording is a template's, for any of the repository's configured others
     identity = IdentityParams.model_validate(repo_params()["generate_identity_data"])
     templates = {normalise(t.format(other=o.name, other_creator=o.creator))
                  for ts in generate_identity_data.QUESTIONS.values() for t in ts for o in identity.others}
-    unseen = {normalise(c.question) for c in evaluate.identity_checks(ROOT / "src/prompts/identity.yaml", identity)}
+    unseen = {normalise(c.question) for c in scoring.identity_checks(ROOT / "src/prompts/identity.yaml", identity)}
     assert len(templates) > 30 and not unseen & templates
     bad = tmp_path / "bad.yaml"
     for text, message in (("- {kind: name, question: 'Are you {rival}?'}", r"bad.yaml: question 0: only \{other\}"),
                           ("- {kind: purpose, question: Why}", r"bad.yaml: question 0 \(kind\)")):
         bad.write_text(text + "\n")
         with pytest.raises(PipelineError, match=message):
-            evaluate.identity_checks(bad, IDENTITY)
+            scoring.identity_checks(bad, IDENTITY)
 
 
 @pytest.mark.parametrize("question, answer, leaked", [
@@ -351,11 +352,11 @@ def test_unseen_identity_questions_are_filled_scored_by_kind_and_in_no_template(
     ("Is Juniper a kind of tree?", "Yes, juniper is a shrub.", False),  # asked about it
 ])
 def test_leaks(question, answer, leaked):
-    assert evaluate.leaks(question, answer, "Juniper", "Northwind Labs") is leaked
+    assert scoring.leaks(question, answer, "Juniper", "Northwind Labs") is leaked
 
 
 def test_probes_load_and_score(tmp_path):
-    probes = evaluate.load_probes(ROOT / "src/prompts/retention.yaml")
+    probes = scoring.load_probes(ROOT / "src/prompts/retention.yaml")
     assert len(probes) >= 40 and {p.kind for p in probes} == {"facts", "attribution", "arithmetic", "units",
                                                                "language", "code"}
     assert sum(p.kind == "attribution" for p in probes) >= 20
@@ -369,7 +370,7 @@ def test_probes_load_and_score(tmp_path):
                            r"bad.yaml:1: not valid YAML \(expected ',' or '}', but got '\?'\)$")):
         bad.write_text(text + "\n")
         with pytest.raises(PipelineError, match=message):
-            evaluate.load_probes(bad)
+            scoring.load_probes(bad)
 
 
 def test_generate_batches_by_length_and_answers_in_order():
@@ -407,9 +408,9 @@ def test_generate_batches_by_length_and_answers_in_order():
 
 
 def test_replay_questions_are_not_evaluation_or_sanity_prompts():
-    probes = {normalise(p.question) for p in evaluate.load_probes(ROOT / "src/prompts/retention.yaml")}
+    probes = {normalise(p.question) for p in scoring.load_probes(ROOT / "src/prompts/retention.yaml")}
     identity = IdentityParams.model_validate(repo_params()["generate_identity_data"])
-    probes |= {normalise(c.question) for c in evaluate.identity_checks(ROOT / "src/prompts/identity.yaml", identity)}
+    probes |= {normalise(c.question) for c in scoring.identity_checks(ROOT / "src/prompts/identity.yaml", identity)}
     sanity = {normalise(p) for p in repo_params()["sanity_check"]["prompts"]}
     replay = {normalise(q) for q in generate_replay_data.load_questions(ROOT / "src/prompts/replay.yaml")}
     assert len(replay) >= 20 and not replay & (probes | sanity)

@@ -109,7 +109,7 @@ def record_run(clone: Path, *stages: str) -> None:
 
 def export_folder(clone: Path, merged: Path) -> Path:
     """models/export as export_model writes it: a GGUF file of ``merged`` and a Modelfile."""
-    from src.export import write_gguf
+    from src.gguf_writer import write_gguf
 
     export = clone / "models" / "export"
     write_gguf(merged, export / "model-q8_0.gguf", "q8_0", "Juniper")

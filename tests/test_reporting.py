@@ -13,7 +13,7 @@ import pytest
 
 from src.config import GateParams, validate_params
 from src.errors import PipelineError
-from src.records import write_json
+from src.files import write_json
 from src.stages import evaluate, quality_gate
 from tests.conftest import make_clone, repo_params, run_cli
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from src import checkpoints, records
+from src import checkpoints, files
 from src.checkpoints import CheckpointStore
 from src.stages import train
 from tests.modelkit import KL_REPLAY, QLORA, add_replay_records, prepared
@@ -175,17 +175,17 @@ def test_checkpoint_root_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_weights_are_hashed_by_size_head_and_tail_data_whole(tmp_path, monkeypatch):
-    monkeypatch.setattr(records, "WHOLE_HASH_LIMIT", 64)
-    monkeypatch.setattr(records, "SAMPLE_BYTES", 16)
+    monkeypatch.setattr(files, "WHOLE_HASH_LIMIT", 64)
+    monkeypatch.setattr(files, "SAMPLE_BYTES", 16)
     path = tmp_path / "weights.safetensors"
     path.write_bytes(bytes(range(200)))
-    sampled, whole = records.file_digest(path, sampled=True), records.file_digest(path)
+    sampled, whole = files.file_digest(path, sampled=True), files.file_digest(path)
     path.write_bytes(bytes(range(199)) + b"\xff")  # the tail changes: both see it
-    assert records.file_digest(path, sampled=True) != sampled and records.file_digest(path) != whole
-    sampled, whole = records.file_digest(path, sampled=True), records.file_digest(path)
+    assert files.file_digest(path, sampled=True) != sampled and files.file_digest(path) != whole
+    sampled, whole = files.file_digest(path, sampled=True), files.file_digest(path)
     path.write_bytes(bytes(range(100)) + b"\xfe" + bytes(range(101, 199)) + b"\xff")
     # a change in the middle: a whole hash (data files) sees it; a sample (weights) does not
-    assert records.file_digest(path) != whole and records.file_digest(path, sampled=True) == sampled
+    assert files.file_digest(path) != whole and files.file_digest(path, sampled=True) == sampled
 
 
 def test_unwritable_checkpoint_root_is_one_line(tmp_path):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from src.cli import one_line_errors
 from src.errors import PipelineError
-from src.records import write_json
+from src.files import write_json
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from src.cli import run
 from src.config import Params
 from src.dedup import digest, drop_val_overlap
-from src.records import Record, output_folder, prompt_key, read_jsonl, stable_hash, write_json, write_jsonl
+from src.files import output_folder, write_json
+from src.records import Record, prompt_key, read_jsonl, stable_hash, write_jsonl
 
 log = logging.getLogger(__name__)
 

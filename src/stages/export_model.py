@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 
 from src.cli import run
-from src.config import GGUF_TYPES, Params
-from src.export import modelfile, quantize_with_llama_cpp, read_config, write_gguf
-from src.records import output_folder
+from src.config import GGUF_MADE_FROM, Params
+from src.files import output_folder
+from src.gguf_writer import quantize_with_llama_cpp, read_config, write_gguf
+from src.ollama import modelfile
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,16 @@ def main(cfg: Params) -> dict[str, int]:
         read_config(folder)  # an architecture the exporter cannot write fails before any work
     tokenizer = AutoTokenizer.from_pretrained(folder)
     sizes: dict[str, int] = {}
-    # the types gguf writes first: the k-quants are made from the f16 file
-    kinds = sorted(export.gguf, key=lambda k: k not in GGUF_TYPES)
+    # the types gguf writes first: the k-quants are made from one of their files
+    kinds = sorted(export.gguf, key=lambda k: GGUF_MADE_FROM[k] is not None)
     with output_folder(out) as partial:
         for kind in kinds:
             start = time.monotonic()
             file = partial / gguf_name(kind)
-            if kind in GGUF_TYPES:
+            if GGUF_MADE_FROM[kind] is None:
                 write_gguf(folder, file, kind, cfg.generate_identity_data.name, tokenizer)
             else:
-                quantize_with_llama_cpp(partial / gguf_name("f16"), file, kind)
+                quantize_with_llama_cpp(partial / gguf_name(GGUF_MADE_FROM[kind]), file, kind)
             sizes[kind] = file.stat().st_size
             log.info("%s: %.1f MB in %.1f s", gguf_name(kind), sizes[kind] / 1e6, time.monotonic() - start)
         if export.ollama:

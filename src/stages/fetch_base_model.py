@@ -17,7 +17,7 @@ from pathlib import Path
 from src.cli import run
 from src.config import Params
 from src.fetching import fetch, resolve_source
-from src.records import output_folder
+from src.files import output_folder
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import random
 
 from src.cli import run
 from src.config import IdentityParams, Params
-from src.records import Record, make_record, write_json, write_jsonl
+from src.files import write_json
+from src.records import Record, make_record, write_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,10 @@ from src.chat import conversation
 from src.cli import run
 from src.config import REPLAY_SOURCE, Params
 from src.errors import PipelineError
+from src.files import read_yaml, write_json
 from src.generation import generate
 from src.modeling import load_for_inference, weights_dtype
-from src.records import Record, Turn, read_jsonl, read_yaml, turns_key, write_json, write_jsonl
+from src.records import Record, Turn, read_jsonl, turns_key, write_jsonl
 
 log = logging.getLogger(__name__)
 

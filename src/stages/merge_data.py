@@ -34,7 +34,8 @@ from src.cli import run
 from src.config import REPLAY_SOURCE, MixSpec, NearDuplicateParams, Params
 from src.dedup import NearDuplicates, NgramIndex, drop_val_overlap, prompt_text
 from src.errors import PipelineError
-from src.records import Record, prompt_key, read_json, read_jsonl, read_yaml, write_json, write_jsonl
+from src.files import read_json, read_yaml, write_json
+from src.records import Record, prompt_key, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from src.cli import run
 from src.config import Params
+from src.files import output_folder, read_json
 from src.modeling import SOURCE_FILE, TRAIN_CONFIG_FILE, load_model, load_tokenizer, merge_device, weights_dtype
-from src.records import output_folder, read_json
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from src.cli import run
 from src.config import INPUT_DIRS, Params
+from src.files import output_folder, write_json
 from src.formats import read_source
-from src.records import output_folder, write_json, write_jsonl
+from src.records import write_jsonl
 
 log = logging.getLogger(__name__)
 

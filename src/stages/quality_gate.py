@@ -22,7 +22,7 @@ import os
 from src.cli import run
 from src.config import GateParams, Params
 from src.errors import PipelineError
-from src.records import read_json, write_json
+from src.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 

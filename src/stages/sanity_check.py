@@ -17,9 +17,9 @@ from pathlib import Path
 
 from src.cli import run
 from src.config import Params
+from src.files import open_atomic
 from src.generation import Answer, generate
 from src.modeling import compute_dtype, load_for_inference
-from src.records import open_atomic
 
 log = logging.getLogger(__name__)
 

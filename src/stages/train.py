@@ -47,6 +47,7 @@ from src.config import REPLAY_SOURCE, Params
 from src.distill import replay_rows, with_replay_kl
 from src.distributed import relaunch_if_needed
 from src.errors import PipelineError
+from src.files import output_folder, write_json
 from src.modeling import (
     TRAIN_CONFIG_FILE,
     compute_dtype,
@@ -56,7 +57,7 @@ from src.modeling import (
     resolve_precision,
     weights_dtype,
 )
-from src.records import output_folder, read_jsonl, write_json
+from src.records import read_jsonl
 from src.throughput import (
     AttentionPath,
     autocast_flex_attention,
