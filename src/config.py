@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from src.errors import PipelineError
+from src.formats import FORMATS
 
 PARAMS_FILE = "params.yaml"
 PIPELINE_FILE = "dvc.yaml"  # its vars name every output path
@@ -122,7 +123,6 @@ class IdentityParams(Section):
         return self
 
 
-FORMATS = ("records", "alpaca", "sharegpt", "messages", "prompt_completion", "orca", "platypus")
 SOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
@@ -144,7 +144,7 @@ class DatasetSpec(Section):
     process_data checks the fields against the format (src/formats.py knows them)."""
 
     path: NonEmptyStr
-    format: Literal[FORMATS]  # type: ignore[valid-type]
+    format: Literal[tuple(FORMATS)]  # type: ignore[valid-type]
     columns: dict[NonEmptyStr, NonEmptyStr] = {}
     subset_rows: Annotated[int, Field(ge=0)] | None = None
     subset_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
