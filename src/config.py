@@ -438,17 +438,23 @@ def whole_characters(node, source: str = PARAMS_FILE, key: str = ""):
     return node
 
 
-def output_paths(repo: str | Path | None = None) -> dict:
-    """The ``paths`` of ``dvc.yaml``'s vars: where each stage writes. Every one must be a plain
-    relative path inside one of OUTPUT_ROOTS (the pipeline file is read as written, so this
-    holds for a hand-edited one too)."""
+def read_pipeline(repo: str | Path | None = None) -> dict:
+    """``dvc.yaml`` as written (``${...}`` not filled in); one that cannot be read is a PipelineError."""
     import yaml
 
     pipeline = Path(repo or ".") / PIPELINE_FILE
     try:
-        doc = yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as err:
         raise PipelineError(f"{pipeline}: cannot be read ({err})") from err
+
+
+def output_paths(repo: str | Path | None = None) -> dict:
+    """The ``paths`` of ``dvc.yaml``'s vars: where each stage writes. Every one must be a plain
+    relative path inside one of OUTPUT_ROOTS (the pipeline file is read as written, so this
+    holds for a hand-edited one too)."""
+    pipeline = Path(repo or ".") / PIPELINE_FILE
+    doc = read_pipeline(repo)
     found = [v["paths"] for v in doc.get("vars") or [] if isinstance(v, dict) and "paths" in v]
     if len(found) != 1 or not isinstance(found[0], dict):
         raise PipelineError(f"{pipeline}: vars must hold one 'paths' mapping (where each stage writes)")
