@@ -26,18 +26,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The stage on a source "big" added to params' datasets: the orca entry's max_chars and seed,
-# the case's file, format and subset; it writes <out>/big.jsonl; its row accounting is returned.
+# The stage's work on a source "big" added to params' datasets (src/sources.py process_source):
+# the orca entry's max_chars and seed, the case's file, format and subset; it writes
+# <out>/big.jsonl; its row accounting is returned.
 STAGE = """
 from src.config import load_params
 from src.files import write_json
-from src.stages import process_data
+from src.sources import process_source
 cfg = load_params({root!r})
 paths = cfg.paths.model_copy(update={{"processed_dir": {out!r}, "metrics_dir": {out!r}}})
 spec = cfg.datasets["orca"].model_copy(update={{"path": {file!r}, "format": {fmt!r}, "columns": {{}},
                                                "subset_rows": {rows}, "subset_fraction": None}})
-metrics = process_data.process_source(cfg.model_copy(update={{"paths": paths, "datasets": {{**cfg.datasets,
-                                                                                      "big": spec}}}}), "big")
+metrics = process_source(cfg.model_copy(update={{"paths": paths, "datasets": {{**cfg.datasets, "big": spec}}}}), "big")
 write_json(paths.metrics_file("process_data"), {{"big": metrics}})
 """
 

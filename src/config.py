@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from src.errors import PipelineError
+from src.formats import FORMATS
 
 PARAMS_FILE = "params.yaml"
 PIPELINE_FILE = "dvc.yaml"  # its vars name every output path
@@ -122,7 +123,6 @@ class IdentityParams(Section):
         return self
 
 
-FORMATS = ("records", "alpaca", "sharegpt", "messages", "prompt_completion", "orca", "platypus")
 SOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
@@ -144,7 +144,7 @@ class DatasetSpec(Section):
     process_data checks the fields against the format (src/formats.py knows them)."""
 
     path: NonEmptyStr
-    format: Literal[FORMATS]  # type: ignore[valid-type]
+    format: Literal[tuple(FORMATS)]  # type: ignore[valid-type]
     columns: dict[NonEmptyStr, NonEmptyStr] = {}
     subset_rows: Annotated[int, Field(ge=0)] | None = None
     subset_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
@@ -443,17 +443,23 @@ def whole_characters(node, source: str = PARAMS_FILE, key: str = ""):
     return node
 
 
-def output_paths(repo: str | Path | None = None) -> dict:
-    """The ``paths`` of ``dvc.yaml``'s vars: where each stage writes. Every one must be a plain
-    relative path inside one of OUTPUT_ROOTS (the pipeline file is read as written, so this
-    holds for a hand-edited one too)."""
+def read_pipeline(repo: str | Path | None = None) -> dict:
+    """``dvc.yaml`` as written (``${...}`` not filled in); one that cannot be read is a PipelineError."""
     import yaml
 
     pipeline = Path(repo or ".") / PIPELINE_FILE
     try:
-        doc = yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as err:
         raise PipelineError(f"{pipeline}: cannot be read ({err})") from err
+
+
+def output_paths(repo: str | Path | None = None) -> dict:
+    """The ``paths`` of ``dvc.yaml``'s vars: where each stage writes. Every one must be a plain
+    relative path inside one of OUTPUT_ROOTS (the pipeline file is read as written, so this
+    holds for a hand-edited one too)."""
+    pipeline = Path(repo or ".") / PIPELINE_FILE
+    doc = read_pipeline(repo)
     found = [v["paths"] for v in doc.get("vars") or [] if isinstance(v, dict) and "paths" in v]
     if len(found) != 1 or not isinstance(found[0], dict):
         raise PipelineError(f"{pipeline}: vars must hold one 'paths' mapping (where each stage writes)")

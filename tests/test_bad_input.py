@@ -19,9 +19,9 @@ import pytest
 
 from src import cli
 from src.config import DatasetSpec
-from src.formats import read_source
 from src.records import Record
-from src.stages import merge_model, process_data, train
+from src.sources import process_source, read_source
+from src.stages import merge_model, train
 from tests.modelkit import prepared, tiny_params
 
 
@@ -164,7 +164,7 @@ def test_unwritable_output_folder(built, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     cfg = variant(built, tmp_path, paths={"processed_dir": str(blocker)})
-    error = one_line_error(lambda c: process_data.process_source(c, "orca"), cfg, monkeypatch, capsys)
+    error = one_line_error(lambda c: process_source(c, "orca"), cfg, monkeypatch, capsys)
     assert error == f"error: {blocker / 'orca.jsonl'}: cannot write (File exists: {blocker})"
     cfg = variant(built, tmp_path, paths={"checkpoints": str(blocker / "checkpoints")})
     error = one_line_error(train.main, cfg, monkeypatch, capsys)
@@ -177,7 +177,7 @@ def test_disk_full_while_writing_records(built, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(Record, "to_json", full)
     cfg = variant(built, tmp_path, paths={"processed_dir": str(tmp_path)})
-    error = one_line_error(lambda c: process_data.process_source(c, "orca"), cfg, monkeypatch, capsys)
+    error = one_line_error(lambda c: process_source(c, "orca"), cfg, monkeypatch, capsys)
     assert error == f"error: {tmp_path / 'orca.jsonl'}: cannot write (No space left on device)"
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 

@@ -13,11 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from src.config import DatasetSpec
 from src.errors import PipelineError
-from src.formats import DROP_REASONS, FORMAT_FIELDS, line_cap, open_rows, read_source
+from src.formats import DROP_REASONS, FORMATS, conversation_of
 from src.records import read_jsonl
+from src.sources import line_cap, open_rows, read_source
 from tests.conftest import params_file, repo_params, run_cli
 
 SUPPORT = [  # a sharegpt file as support tools export it: system turn, several exchanges
@@ -300,7 +302,7 @@ def test_the_line_index_costs_8_bytes_a_line_and_keeps_line_numbers(tmp_path):
     path.write_text('{"messages": []}\n' * 200_000 + "\n  \n" + '{"messages": []}\n' + "not json\n")
     tracemalloc.start()
     try:
-        rows = open_rows(path, FORMAT_FIELDS["messages"], {}, line_cap(6000))
+        rows = open_rows(path, FORMATS["messages"].fields, {}, line_cap(6000))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -393,8 +395,18 @@ def test_a_users_file_is_trained_on_with_one_params_entry(clone):
     assert params_file(repo)["datasets"]["orca"] == repo_params()["datasets"]["orca"]
 
 
-def test_the_params_schema_knows_every_format_the_reader_reads():
-    from src.config import FORMATS
-    from src.formats import FORMAT_FIELDS
-
-    assert set(FORMATS) == set(FORMAT_FIELDS)
+def test_the_params_schema_takes_the_formats_of_the_registry_and_an_unknown_one_fails_loudly(tmp_path):
+    """FORMATS (src/formats.py) is the one list of formats: the schema takes each and no other, and
+    a name outside it is a one-line error wherever it gets to, never read as some other format."""
+    for fmt in FORMATS:
+        assert DatasetSpec(path="x.jsonl", format=fmt).format == fmt
+    with pytest.raises(ValidationError, match="format"):
+        DatasetSpec(path="x.jsonl", format="csv")
+    message = ("unknown data format 'csv' (one of records, alpaca, sharegpt, messages, prompt_completion, orca, "
+               "platypus)")
+    with pytest.raises(PipelineError) as exc:
+        conversation_of("csv", {"prompt": "Hi?", "completion": "Hello."})
+    assert str(exc.value) == message
+    with pytest.raises(PipelineError) as exc:
+        read_source(DatasetSpec.model_construct(path=str(tmp_path / "absent.jsonl"), format="csv"), "mine")
+    assert str(exc.value) == message

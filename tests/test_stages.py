@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import yaml
 
 from src.config import MixSpec, validate_params
 from src.errors import PipelineError
+from src.files import write_json
 from src.formats import Drop, conversation_of, to_record
 from src.records import make_record, prompt_key, read_jsonl
 from src.stages import data_split, generate_identity_data, merge_data
-from tests.conftest import repo_params, run_cli, use_whole_samples
+from tests.conftest import params_in, repo_params, run_cli, use_whole_samples
 
 
 def identity_params(**changes):
@@ -180,6 +182,33 @@ def test_apply_mix_counts_every_source():
     train = {"identity": _records(8), "orca": _records(4)[:4]}
     out, counts = merge_data.apply_mix(train, {"identity": MixSpec(rows=2)}, seed=0)
     assert len(out) == 6 and counts["identity"]["left_out"] == 6 and counts["orca"]["kept"] == 4
+
+
+def test_merge_data_takes_the_row_accounting_of_every_data_stage_from_dvc_yaml(tmp_path):
+    """merge_data names no stage: it reads each ``${paths.metrics_dir}/<name>.json`` output of dvc.yaml,
+    a stage's own accounting under its name and one kept per source under ``<name>_<source>``; a
+    missing file, one of other sources (stale) or one of neither shape is a one-line error."""
+    assert merge_data.accounting_names() == ["generate_identity_data", "process_data", "data_split",
+                                             "generate_replay_data"]
+    cfg = params_in(tmp_path)
+    sources = sorted(cfg.datasets)
+    for name in merge_data.accounting_names():
+        own = {"rows_in": 2, "rows_out": 1, "dropped": {name: 1}}
+        per_source = name in ("process_data", "data_split")
+        write_json(cfg.paths.metrics_file(name), {s: own for s in sources} if per_source else own)
+    dropped = merge_data.upstream_drops(cfg, sources)
+    assert list(dropped) == ["generate_identity_data", "generate_replay_data", *[f"process_data_{s}" for s in sources],
+                             *[f"data_split_{s}" for s in sources]]
+    assert dropped["data_split_orca"] == {"data_split": 1}
+    path = cfg.paths.metrics_file("data_split")
+    for content, error in (({s: {"dropped": {}} for s in sources[1:]}, "the row accounting of"),
+                           ({"rows_in": 1}, "not a row accounting"), ({}, "not a row accounting")):
+        write_json(path, content)
+        with pytest.raises(PipelineError, match=f"^{re.escape(str(path))}: {error}"):
+            merge_data.upstream_drops(cfg, sources)
+    path.unlink()
+    with pytest.raises(PipelineError, match=f"^{re.escape(str(path))}: cannot be read"):
+        merge_data.upstream_drops(cfg, sources)
 
 
 def _near(**changes):

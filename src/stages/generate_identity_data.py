@@ -15,13 +15,11 @@ import logging
 import random
 
 from src.cli import run
-from src.config import IdentityParams, Params
+from src.config import IDENTITY_SOURCE, IdentityParams, Params
 from src.files import write_json
 from src.records import Record, make_record, write_jsonl
 
 log = logging.getLogger(__name__)
-
-SOURCE = "identity"
 
 # Question wordings per intent. {other} / {other_creator} are filled from params' `others`.
 QUESTIONS: dict[str, list[str]] = {
@@ -135,7 +133,7 @@ def generate(p: IdentityParams) -> tuple[list[Record], int]:
     records = []
     for intent, templates in QUESTIONS.items():
         for t, template in enumerate(templates):
-            group = f"{SOURCE}/{intent}/{t}"
+            group = f"{IDENTITY_SOURCE}/{intent}/{t}"
             fills = [{"other": o.name, "other_creator": o.creator} for o in p.others]
             if "{other" not in template:
                 fills = [{}]
@@ -151,7 +149,7 @@ def generate(p: IdentityParams) -> tuple[list[Record], int]:
                         continue
                     seen.add(text)
                     answer = rng.choice(ANSWERS[intent]).format(**values, **fill)
-                    records.append(make_record(text, answer, SOURCE, group=group))
+                    records.append(make_record(text, answer, IDENTITY_SOURCE, group=group))
     return records, repeats
 
 

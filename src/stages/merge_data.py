@@ -16,7 +16,9 @@ retention probes, ``sanity_check.prompts``): reported, and removed when
 ``merge_data.contamination.action`` is ``drop``. Writes ``paths.report``: rows per source and
 split, how the mix kept, repeated and left out each source's rows, character-length
 percentiles, rows dropped by reason at every data stage, near duplicates and contamination per
-source, and the train/validation prompt overlap, which is 0 by construction.
+source, and the train/validation prompt overlap, which is 0 by construction. The earlier stages'
+drops come from the row accounting each writes to ``paths.metrics_dir`` (every output
+``${paths.metrics_dir}/<name>.json`` in dvc.yaml; one per source when its entries are sources).
 
 Run: python -m src.stages.merge_data                 (or: dvc repro merge_data)
 """
@@ -25,13 +27,14 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections import Counter
 
 import numpy as np
 from tqdm import tqdm
 
 from src.cli import run
-from src.config import REPLAY_SOURCE, MixSpec, NearDuplicateParams, Params
+from src.config import PIPELINE_FILE, REPLAY_SOURCE, MixSpec, NearDuplicateParams, Params, read_pipeline
 from src.dedup import NearDuplicates, NgramIndex, drop_val_overlap, prompt_text
 from src.errors import PipelineError
 from src.files import read_json, read_yaml, write_json
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 PERCENTILES = (50, 90, 99, 100)
+ACCOUNTING_OUT = re.compile(r"\$\{paths\.metrics_dir\}/([\w-]+)\.json")  # an out of dvc.yaml: a row accounting
 
 
 def length_stats(lengths: list[int]) -> dict[str, int]:
@@ -171,9 +175,46 @@ def check_contamination(train: dict[str, list[Record]], evaluated: dict[str, lis
                   "removed": removed}
 
 
+def accounting_names() -> list[str]:
+    """The row accountings the earlier data stages write, by name: each output
+    ``${paths.metrics_dir}/<name>.json`` of a stage in dvc.yaml, in the order of the stages there."""
+    stages = read_pipeline().get("stages") or {}
+    names = [match[1] for stage in stages.values() if isinstance(stage, dict) for out in stage.get("outs") or []
+             if isinstance(out, str) and (match := ACCOUNTING_OUT.fullmatch(out))]
+    if not names:
+        raise PipelineError(f"{PIPELINE_FILE}: no stage writes its row accounting to "
+                            "${paths.metrics_dir}/<stage>.json")
+    return names
+
+
+def upstream_drops(cfg: Params, sources: list[str]) -> dict[str, dict[str, int]]:
+    """Rows dropped by reason at each earlier data stage, from the accounting it wrote: a stage's
+    own (``{"dropped": {...}, ...}``) under its name, then those kept per source (``{source:
+    {"dropped": {...}, ...}}``) under ``<stage>_<source>``, each kind in dvc.yaml's order. An
+    accounting missing, of other sources than ``sources`` (stale) or of neither shape is a
+    PipelineError naming the file."""
+    whole, per_source = {}, {}
+    for name in accounting_names():
+        path = cfg.paths.metrics_file(name)
+        accounting = read_json(path)
+        if not isinstance(accounting, dict) or not accounting:
+            raise PipelineError(f"{path}: not a row accounting (a JSON object of rows in, out and dropped)")
+        if all(isinstance(a, dict) and "dropped" in a for a in accounting.values()):
+            if sorted(accounting) != sources:
+                raise PipelineError(f"{path}: the row accounting of {', '.join(sorted(accounting))}, not of the "
+                                    f"sources in params datasets ({', '.join(sources)}); rerun its stage")
+            per_source |= {f"{name}_{s}": accounting[s]["dropped"] for s in sources}
+        elif isinstance(accounting.get("dropped"), dict):
+            whole[name] = accounting["dropped"]
+        else:
+            raise PipelineError(f"{path}: not a row accounting (no 'dropped' counts, nor one per source)")
+    return whole | per_source
+
+
 def main(cfg: Params) -> dict:
     p = cfg.merge_data
     sources = sorted(cfg.datasets)
+    dropped = upstream_drops(cfg, sources)  # first: a missing or stale accounting fails before any work
     train = {s: read_source(cfg.paths.split_file(s, "train")) for s in sources}
     train[REPLAY_SOURCE] = read_source(cfg.paths.replay)
     val = [r for s in sources for r in read_source(cfg.paths.split_file(s, "val"))]
@@ -190,11 +231,6 @@ def main(cfg: Params) -> dict:
     write_jsonl(cfg.paths.train, merged["train"])
     write_jsonl(cfg.paths.val, merged["val"])
 
-    dropped = {stage: read_json(cfg.paths.metrics_file(stage))["dropped"]
-               for stage in ("generate_identity_data", "generate_replay_data")}
-    for stage in ("process_data", "data_split"):  # their accounting is per source
-        per_source = read_json(cfg.paths.metrics_file(stage))
-        dropped |= {f"{stage}_{s}": per_source[s]["dropped"] for s in sources}
     left_out = sum(m["left_out"] for m in mix.values())
     repeated = sum(m["repeated"] for m in mix.values())
     dropped["merge_data"] = {"prompt_in_train": cross_source, "left_out_by_mix": left_out,

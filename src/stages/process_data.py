@@ -17,42 +17,10 @@ Run: python -m src.stages.process_data   (or: dvc repro process_data)
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
-from tqdm import tqdm
-
 from src.cli import run
-from src.config import INPUT_DIRS, Params
+from src.config import Params
 from src.files import output_folder, write_json
-from src.formats import read_source
-from src.records import write_jsonl
-
-log = logging.getLogger(__name__)
-
-
-def process_source(cfg: Params, source: str, folder: Path | None = None) -> dict:
-    """Read one source into ``<processed_dir>/<source>.jsonl`` (or the same name in ``folder``);
-    return its row accounting."""
-    spec = cfg.datasets[source]
-    _warn_if_untracked(source, spec.path, cfg.paths.identity)
-    records, accounting = read_source(spec, source)
-    out = cfg.paths.processed_file(source, folder)
-    write_jsonl(out, tqdm(records, desc=spec.path, unit="row", mininterval=1))
-    metrics = accounting()
-    log.info("%s: wrote %d records (%d multi-turn, %d unanswered last turns cut); dropped %s", out,
-             metrics["rows_out"], metrics["multi_turn_records"], metrics["unanswered_turns_cut"],
-             {k: v for k, v in metrics["dropped"].items() if v} or "none")
-    return metrics
-
-
-def _warn_if_untracked(source: str, path: str, identity: str) -> None:
-    """DVC reruns this stage when a file under INPUT_DIRS or the identity records change (its deps
-    in dvc.yaml); a file elsewhere is read, but a change to it alone reruns nothing."""
-    file = Path(path).resolve()
-    if file != Path(identity).resolve() and not any(file.is_relative_to(Path(d).resolve()) for d in INPUT_DIRS):
-        log.warning("datasets.%s.path: %s is outside %s: DVC will not rerun process_data when only that file "
-                    "changes; put it under %s (docs/data.md)", source, path, ", ".join(INPUT_DIRS), INPUT_DIRS[0])
+from src.sources import process_source
 
 
 def main(cfg: Params) -> dict:
