@@ -23,18 +23,7 @@ import random
 from pathlib import Path
 
 from src.chat import with_system_prompt
-from src.checkpoints import (
-    CheckpointStore,
-    checkpoint_root,
-    fingerprint_inputs,
-    finished,
-    keep_after_success,
-    release_all,
-    restore_finished,
-    resumable,
-    step_of,
-    tokens_before_resume,
-)
+from src.checkpoints import RunCheckpoints
 from src.cli import run
 from src.config import Params
 from src.distill import replay_rows, with_replay_kl
@@ -143,29 +132,13 @@ def chat_tokenizer(cfg: Params):
     return tokenizer
 
 
-def checkpoint_store(cfg: Params) -> CheckpointStore:
+def run_checkpoints(cfg: Params) -> RunCheckpoints:
     """This configuration's checkpoints, fingerprinted by the chat and train params, the data
     files and the base model (src/checkpoints.py)."""
     paths = cfg.paths
-    return CheckpointStore(
-        checkpoint_root(paths.checkpoints),
-        fingerprint_inputs(cfg.model_dump(include={"chat", "train"}),
-                           {"train": paths.train, "val": paths.val}, paths.base_model),
-        keep=cfg.train.sft.get("save_total_limit"))
-
-
-def resume_point(store: CheckpointStore, sft_config) -> Path | None:
-    """The newest complete checkpoint of this configuration, if any. Under torchrun or
-    accelerate, the first process of all holds the folder and tidies it before the others look
-    (machines share it when it is a mounted bucket)."""
-    with sft_config.main_process_first(local=False, desc="checkpoint folder"):
-        store.prepare(lock=sft_config.process_index == 0)
-    resume = store.latest()
-    if resume:
-        log.info("resuming from %s (step %d)", resume, step_of(resume))
-    else:
-        log.info("no checkpoint of this configuration in %s: training from step 0", store.dir)
-    return resume
+    return RunCheckpoints(paths.checkpoints, cfg.model_dump(include={"chat", "train"}),
+                          {"train": paths.train, "val": paths.val}, paths.base_model,
+                          keep=cfg.train.sft.get("save_total_limit"))
 
 
 def build_model(cfg: Params, configs: LibraryConfigs):
@@ -184,16 +157,16 @@ def build_model(cfg: Params, configs: LibraryConfigs):
 
 
 def build_trainer(cfg: Params, model, tokenizer, configs: LibraryConfigs, examples: Examples,
-                  store: CheckpointStore, callbacks: list):
+                  checkpoints: RunCheckpoints, callbacks: list):
     """TRL's SFTTrainer (with the replay KL term when there are replay rows), writing its
-    checkpoints into ``store``; the LoRA adapter goes onto ``model`` here."""
+    checkpoints into ``checkpoints``; the LoRA adapter goes onto ``model`` here."""
     from datasets import Dataset
     from trl import SFTTrainer
 
     replay = cfg.train.replay
     score_labelled_positions_only()  # the output layer on the labelled positions alone
     trainer_class = with_replay_kl(SFTTrainer, examples.replay, replay.weight, replay.rows_per_batch, cfg.train.seed)
-    trainer = resumable(trainer_class, store)(
+    trainer = checkpoints.trainer_class(trainer_class)(
         model=model, args=configs.sft, processing_class=tokenizer, peft_config=configs.lora,
         train_dataset=Dataset.from_list(examples.train), eval_dataset=Dataset.from_list(examples.eval),
         callbacks=callbacks,
@@ -202,33 +175,34 @@ def build_trainer(cfg: Params, model, tokenizer, configs: LibraryConfigs, exampl
     return trainer
 
 
-def train_or_restore(trainer, resume: Path | None, ran: bool, callbacks: list) -> float:
-    """Train, from ``resume`` when there is one; with ``ran`` false, ``resume`` is the last step
-    of a finished run (kept by TRAIN_KEEP_CHECKPOINTS): restore it instead, since Trainer would
-    take one step too many. Returns the seconds spent training."""
-    if ran:
+def train_or_restore(trainer, checkpoints: RunCheckpoints, callbacks: list) -> float:
+    """Train, from the checkpoint to resume from when there is one; when it is the last step of a
+    finished run (kept by TRAIN_KEEP_CHECKPOINTS), restore it instead, since Trainer would take
+    one step too many. Returns the seconds spent training."""
+    resume = checkpoints.resume_from
+    if not checkpoints.finished:
         return trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics["train_runtime"]
     log.info("%s is the last step: training had finished, its adapter is written as is", resume)
-    restore_finished(trainer, resume)
+    checkpoints.restore(trainer)
     for callback in callbacks:  # the dvclive series from the checkpoint's history
         callback.on_train_begin(trainer.args, trainer.state, trainer.control)
     return 0.0
 
 
-def summarize(trainer, examples: Examples, resume: Path | None, train_seconds: float,
+def summarize(trainer, examples: Examples, checkpoints: RunCheckpoints, train_seconds: float,
               configs: LibraryConfigs) -> dict:
     """The run's metrics: losses, steps, record counts, tokens and times, and how it computed."""
     history = trainer.state.log_history
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
     tokens = trainer.state.num_input_tokens_seen  # non-padding tokens the model computed on
-    tokens_this_run = tokens - tokens_before_resume(trainer)
+    tokens_this_run = tokens - checkpoints.tokens_before_resume(trainer)
     trained = sequences_in(trainer.train_dataset)
     no_completion = examples.no_completion + len(examples.train) - trained  # + any TRL left out (none expected)
     return {
         "train_loss": mean_train_loss(history),
         "eval_loss": next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None),
         "steps": trainer.state.global_step,
-        "resumed_from_step": step_of(resume) if resume else 0,
+        "resumed_from_step": checkpoints.resumed_from_step,
         "records": examples.records,
         "records_trained": trained,
         "records_distilled": len(examples.replay),
@@ -273,47 +247,34 @@ def save_adapter(cfg: Params, trainer, tokenizer, configs: LibraryConfigs, finge
              100 * summary["eval_time_share"])
 
 
-def clean_up(store: CheckpointStore) -> None:
-    """Delete this configuration's checkpoints, spent now that the adapter is written, unless
-    TRAIN_KEEP_CHECKPOINTS keeps them."""
-    if keep_after_success():
-        log.info("kept %s (TRAIN_KEEP_CHECKPOINTS): a rerun resumes from its final checkpoint", store.dir)
-    else:
-        store.remove()
-
-
 def main(cfg: Params):
     """Train and save; returns the trainer (tests inspect its model and history)."""
-    try:
-        relaunch_if_needed(cfg.train.distributed)  # under accelerate launch, when params ask for it
-        tokenizer = chat_tokenizer(cfg)
-        store = checkpoint_store(cfg)
-        configs = build_configs(cfg, output_dir=str(store.dir))
+    relaunch_if_needed(cfg.train.distributed)  # under accelerate launch, when params ask for it
+    tokenizer = chat_tokenizer(cfg)
+    with run_checkpoints(cfg) as checkpoints:  # the checkpoint folder's lock goes when a run ends in-process
+        configs = build_configs(cfg, output_dir=checkpoints.output_dir)
         log.info("training on %s in %s%s, attention: %s", device_kind(), configs.computes,
                  " with 4-bit/8-bit base weights" if configs.quantization else "", configs.attention.name)
 
         # Data, the checkpoint to resume from, model, metrics writer, trainer.
         examples = prepare_examples(cfg, tokenizer, configs.sft)
-        resume = resume_point(store, configs.sft)
+        checkpoints.find(configs.sft)
         model = build_model(cfg, configs)
         live = open_live(cfg.paths.train_live, configs.sft)  # None but in one process per machine
         callbacks = [Throughput(), LiveMetrics(live)]
-        trainer = build_trainer(cfg, model, tokenizer, configs, examples, store, callbacks)
+        trainer = build_trainer(cfg, model, tokenizer, configs, examples, checkpoints, callbacks)
 
         # Train, or restore a run that had finished (TRAIN_KEEP_CHECKPOINTS kept its last step).
-        ran = not (resume and finished(resume))
-        train_seconds = train_or_restore(trainer, resume, ran, callbacks)
+        train_seconds = train_or_restore(trainer, checkpoints, callbacks)
 
         # Save: metrics, adapter and tokenizer, then the spent checkpoints go.
-        summary = summarize(trainer, examples, resume, train_seconds, configs)
-        adapter_state = gathered_adapter(trainer, ran)  # under FSDP every process takes part
+        summary = summarize(trainer, examples, checkpoints, train_seconds, configs)
+        adapter_state = gathered_adapter(trainer, ran=not checkpoints.finished)  # under FSDP every process takes part
         if live is not None:  # the writer of this machine
             write_summary(live, summary)
-            save_adapter(cfg, trainer, tokenizer, configs, store.id, summary, adapter_state)
-            clean_up(store)
+            save_adapter(cfg, trainer, tokenizer, configs, checkpoints.fingerprint, summary, adapter_state)
+            checkpoints.clean_up()
         return trainer
-    finally:
-        release_all()  # the checkpoint folder's lock, when a run ends in-process
 
 
 if __name__ == "__main__":
