@@ -325,7 +325,7 @@ def run(name: str, cfg, model, tokenizer, examples: list[dict], sft_overrides: d
     from trl import SFTTrainer
 
     from bench.train_throughput import Counting
-    from src.stages.train import build_configs
+    from src.library_configs import build_configs
 
     class Ledger(Counting):
         """Counting, with each training micro-batch's counts kept in the order collated (the
@@ -474,7 +474,7 @@ def main() -> None:
     save()
     folder = random_model(args.scratch / ("llama-2-7b-shape" if cuda else "tiny-shape"), shape, cuda)
     cfg = gpu_config(ROOT, folder, args.steps, cuda)
-    from src.stages.train import build_configs
+    from src.library_configs import build_configs
 
     configs = build_configs(cfg, tempfile.mkdtemp(prefix="gpu-check-"))
     dtype, quantization, sft = configs.dtype, configs.quantization, configs.sft

@@ -100,9 +100,10 @@ def run(name: str, cfg, sft_overrides: dict, eval_all: bool, steps: int, train_o
     from datasets import Dataset
     from trl import SFTTrainer
 
+    from src.library_configs import build_configs
     from src.modeling import load_model, load_tokenizer
-    from src.stages.train import build_configs, load_examples
     from src.throughput import score_labelled_positions_only
+    from src.training_data import load_examples
 
     out = ROOT / "bench" / ".runs" / name
     sft_params = {**cfg.train.sft, "max_steps": steps, "save_strategy": "no", "logging_steps": 5, **sft_overrides}

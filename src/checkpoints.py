@@ -30,9 +30,20 @@ A run that succeeds deletes its configuration's checkpoints, unless ``TRAIN_KEEP
 is set (sky-training.yaml sets it, and deletes the folder once the results are pushed): then
 a rerun resumes from the final checkpoint and trains no further steps.
 
-The Trainer side (``resumable``, ``restore_finished``, ``tokens_before_resume``) is the only
-code of the pipeline that uses ``transformers.Trainer``'s private methods and attributes, so
-that a transformers upgrade that changes them is checked in one place.
+The train stage goes through one object, ``RunCheckpoints``: made from what decides the
+result, it finds the checkpoint to resume from and whether training had finished there, gives
+the trainer class that writes checkpoints into the store, restores a finished run, reports what
+was resumed, and cleans up.
+
+    with RunCheckpoints("models/checkpoints", params, {"train": "data/final/train.jsonl"}, "models/base",
+                        keep=2) as checkpoints:
+        checkpoints.find(sft_config)  # checkpoints.resume_from, checkpoints.finished
+        trainer = checkpoints.trainer_class(SFTTrainer)(args=sft_config, ...)
+
+Its Trainer side (``StagedCheckpoints``, ``RunCheckpoints.restore`` and
+``RunCheckpoints.tokens_before_resume``) is the only code of the pipeline that uses
+``transformers.Trainer``'s private methods and attributes, so that a transformers upgrade that
+changes them is checked in one place (tests/test_private_api.py checks that they are there).
 """
 
 from __future__ import annotations
@@ -143,7 +154,7 @@ def step_of(folder: Path) -> int:
     return int(folder.name.removeprefix(PREFIX))
 
 
-def finished(folder: Path) -> bool:
+def is_final(folder: Path) -> bool:
     """Whether the checkpoint is of the run's last step (its trainer state says so)."""
     state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
     return state["global_step"] >= state["max_steps"] > 0
@@ -184,7 +195,6 @@ class CheckpointStore:
         handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
         handle.flush()
         self._lock = handle
-        _HELD.append(self)
 
     def prepare(self, lock: bool = True) -> None:
         """Create this configuration's folder and hold it (``lock``: the run's first process),
@@ -281,21 +291,12 @@ class CheckpointStore:
             self._lock = None
 
 
-_HELD: list[CheckpointStore] = []  # the stores whose folder this process holds
-
-
-def release_all() -> None:
-    """Release every folder this process holds (a run that ended, or failed, in-process)."""
-    while _HELD:
-        _HELD.pop().release()
-
-
 class StagedCheckpoints:
-    """Mixed into a ``transformers.Trainer`` by ``resumable``: each checkpoint is written under
-    the store's ``.staging`` folder and committed (manifest, sync, rename into place, pruning)
-    only once it is whole."""
+    """Mixed into a ``transformers.Trainer`` by ``RunCheckpoints.trainer_class``: each checkpoint is
+    written under the store's ``.staging`` folder and committed (manifest, sync, rename into place,
+    pruning) only once it is whole."""
 
-    checkpoint_store: CheckpointStore  # set on the class by resumable()
+    checkpoint_store: CheckpointStore  # set on the class by RunCheckpoints.trainer_class()
 
     def _get_output_dir(self, trial):
         return str(self.checkpoint_store.staging)
@@ -321,22 +322,71 @@ class StagedCheckpoints:
         self.accelerator.wait_for_everyone()
 
 
-def resumable(trainer_class: type, store: CheckpointStore) -> type:
-    """``trainer_class`` writing its checkpoints into ``store`` (see ``StagedCheckpoints``)."""
-    return type("Resumable", (StagedCheckpoints, trainer_class), {"checkpoint_store": store})
+class RunCheckpoints:
+    """The checkpoints of one training run, fingerprinted by ``params`` (the ``chat`` and ``train``
+    sections), the ``data_files`` and the ``base_model`` folder (see ``fingerprint_inputs``), under
+    ``root`` (``paths.checkpoints``; ``TRAIN_CHECKPOINT_DIR`` wins). Used as a context manager:
+    the folder's lock goes when the run ends, or fails, in-process."""
 
+    def __init__(self, root: str, params: dict, data_files: dict[str, str], base_model: str, keep: int | None):
+        self.store = CheckpointStore(checkpoint_root(root), fingerprint_inputs(params, data_files, base_model),
+                                     keep=keep)
+        self.resume_from: Path | None = None  # the newest complete checkpoint, once find() has looked
+        self.finished = False  # whether training had finished there (TRAIN_KEEP_CHECKPOINTS kept the last step)
 
-def restore_finished(trainer, folder: Path) -> None:
-    """Load the checkpoint of a run's last step (kept by ``TRAIN_KEEP_CHECKPOINTS``) into
-    ``trainer`` without training: its state and history, and its adapter weights.
-    ``Trainer.train`` would take one step too many."""
-    from transformers import TrainerState
+    def __enter__(self) -> RunCheckpoints:
+        return self
 
-    trainer.state = TrainerState.load_from_json(str(folder / TRAINER_STATE))
-    trainer._load_from_checkpoint(str(folder))
+    def __exit__(self, *exc) -> None:
+        self.store.release()
 
+    @property
+    def output_dir(self) -> str:
+        """The trainer's ``output_dir``: this configuration's folder."""
+        return str(self.store.dir)
 
-def tokens_before_resume(trainer) -> int:
-    """The input tokens counted in the checkpoint that ``trainer.train`` resumed from (0 for a
-    run from step 0, or one that ``restore_finished`` restored)."""
-    return getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    @property
+    def fingerprint(self) -> str:
+        return self.store.id
+
+    def find(self, sft_config) -> None:
+        """Hold this configuration's folder and find the newest complete checkpoint, if any. Under
+        torchrun or accelerate, the first process of all holds the folder and tidies it before the
+        others look (machines share it when it is a mounted bucket)."""
+        with sft_config.main_process_first(local=False, desc="checkpoint folder"):
+            self.store.prepare(lock=sft_config.process_index == 0)
+        self.resume_from = self.store.latest()
+        if self.resume_from:
+            log.info("resuming from %s (step %d)", self.resume_from, step_of(self.resume_from))
+        else:
+            log.info("no checkpoint of this configuration in %s: training from step 0", self.store.dir)
+        self.finished = self.resume_from is not None and is_final(self.resume_from)
+
+    def trainer_class(self, trainer_class: type) -> type:
+        """``trainer_class`` writing its checkpoints into the store (see ``StagedCheckpoints``)."""
+        return type("Resumable", (StagedCheckpoints, trainer_class), {"checkpoint_store": self.store})
+
+    def restore(self, trainer) -> None:
+        """Load the checkpoint of a run that had finished into ``trainer`` without training: its
+        state and history, and its adapter weights. ``Trainer.train`` would take one step too many."""
+        from transformers import TrainerState
+
+        trainer.state = TrainerState.load_from_json(str(self.resume_from / TRAINER_STATE))
+        trainer._load_from_checkpoint(str(self.resume_from))
+
+    @property
+    def resumed_from_step(self) -> int:
+        return step_of(self.resume_from) if self.resume_from else 0
+
+    def tokens_before_resume(self, trainer) -> int:
+        """The input tokens counted in the checkpoint that ``trainer.train`` resumed from (0 for a
+        run from step 0, or one that ``restore`` restored)."""
+        return getattr(trainer, "_initial_num_input_tokens_seen", 0)
+
+    def clean_up(self) -> None:
+        """Delete this configuration's checkpoints, spent now that the adapter is written, unless
+        TRAIN_KEEP_CHECKPOINTS keeps them."""
+        if keep_after_success():
+            log.info("kept %s (TRAIN_KEEP_CHECKPOINTS): a rerun resumes from its final checkpoint", self.store.dir)
+        else:
+            self.store.remove()

@@ -12,7 +12,7 @@ from src.chat import conversation, prompt_ids, supervised_ids, training_example,
 from src.modeling import load_tokenizer
 from src.records import Record, Turn, make_record, read_jsonl
 from src.stages import generate_identity_data
-from src.stages.train import tokenize
+from src.training_data import tokenize
 from tests.conftest import params_in
 from tests.modelkit import chatml_tokenizer, llama2_tokenizer, smollm2_tokenizer, tiny_model_folder
 

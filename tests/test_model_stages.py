@@ -18,6 +18,7 @@ from src.chat import with_system_prompt
 from src.config import IdentityParams
 from src.errors import PipelineError
 from src.generation import Answer
+from src.library_configs import build_configs
 from src.modeling import load_tokenizer
 from src.records import make_record, normalise, prompt_key, read_jsonl
 from src.stages import (
@@ -463,7 +464,7 @@ def test_library_config_errors_name_the_key(tmp_path, section, change, message):
     merged = {k: {**getattr(base, k), **v} if isinstance(v, dict) else v for k, v in change.items()}
     cfg = params_in(tmp_path, **{section: merged})
     with pytest.raises(PipelineError) as err:
-        train.build_configs(cfg, str(tmp_path))
+        build_configs(cfg, str(tmp_path))
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
@@ -472,7 +473,7 @@ def test_library_fields_of_the_right_types_pass_nested_dicts_included(tmp_path):
     cfg = params_in(tmp_path, train={"sft": {**base.sft, "gradient_checkpointing": True, "learning_rate": 2,
                                              "gradient_checkpointing_kwargs": {"use_reentrant": False}},
                                      "lora": {**base.lora, "target_modules": ["q_proj", "v_proj"]}})
-    configs = train.build_configs(cfg, str(tmp_path))
+    configs = build_configs(cfg, str(tmp_path))
     lora, sft = configs.lora, configs.sft
     assert sft.gradient_checkpointing_kwargs == {"use_reentrant": False} and sft.learning_rate == 2
     assert set(lora.target_modules) == {"q_proj", "v_proj"}

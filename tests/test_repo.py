@@ -112,7 +112,7 @@ def test_dvc_config_has_default_local_remote_and_no_analytics():
 
 def test_gpu_profile_is_valid_params(tmp_path):
     from src.cloud.profile import load_profile, merged
-    from src.stages.train import build_configs
+    from src.library_configs import build_configs
     from tests.conftest import repo_params
 
     overlay, imports = load_profile(ROOT / "profiles/llama2-7b-qlora.yaml")

@@ -31,15 +31,15 @@ def test_bf16_is_detected_from_the_cpu_flags(tmp_path, extra, expected):
 def test_precision_on_cpu_autocasts_over_fp32_weights(tmp_path, monkeypatch, bf16_cpu, requested, precision,
                                                       autocast):
     from src import modeling
-    from src.stages import train
+    from src.library_configs import build_configs
     from tests.conftest import params_in
 
     monkeypatch.setattr(modeling, "cpu_has_bf16", lambda: bf16_cpu)
-    configs = train.build_configs(params_in(tmp_path, train={"precision": requested}), str(tmp_path))
+    configs = build_configs(params_in(tmp_path, train={"precision": requested}), str(tmp_path))
     assert configs.precision == precision and configs.sft.bf16 is autocast and not configs.sft.fp16
     assert configs.dtype == torch.float32  # master weights and optimizer state stay fp32
     with pytest.raises(PipelineError, match=r"^train\.precision: fp16 trains on GPUs only"):
-        train.build_configs(params_in(tmp_path, train={"precision": "fp16"}), str(tmp_path))
+        build_configs(params_in(tmp_path, train={"precision": "fp16"}), str(tmp_path))
 
 
 def test_inference_and_merge_dtypes(monkeypatch):

@@ -32,6 +32,7 @@ from pathlib import Path
 from src.cli import one_line_errors
 from src.config import PARAMS_FILE, validate_params, with_output_paths
 from src.errors import PipelineError
+from src.library_configs import check_library_types
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,6 @@ def options(profile: str | Path, repo: Path = Path(".")) -> list[str]:
     overlay, _ = load_profile(profile)
     params = read_yaml(repo / PARAMS_FILE)
     expected = merged(params, overlay)
-    from src.stages.train import check_library_types
-
     try:
         check_library_types(validate_params(with_output_paths(expected, repo)).train)
     except PipelineError as err:

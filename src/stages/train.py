@@ -18,279 +18,25 @@ run started again resumes from the newest complete one of the same configuration
 from __future__ import annotations
 
 import dataclasses
-import enum
-import inspect
-import json
 import logging
-import os
 import random
-import time
-import types
-import typing
 from pathlib import Path
 
-from src.chat import supervised_ids, training_example, with_system_prompt
-from src.checkpoints import (
-    CheckpointStore,
-    checkpoint_root,
-    fingerprint_inputs,
-    finished,
-    keep_after_success,
-    release_all,
-    restore_finished,
-    resumable,
-    step_of,
-    tokens_before_resume,
-)
+from src.chat import with_system_prompt
+from src.checkpoints import RunCheckpoints
 from src.cli import run
-from src.config import REPLAY_SOURCE, Params
+from src.config import Params
 from src.distill import replay_rows, with_replay_kl
 from src.distributed import relaunch_if_needed
 from src.errors import PipelineError
 from src.files import output_folder, write_json
-from src.modeling import (
-    TRAIN_CONFIG_FILE,
-    compute_dtype,
-    device_kind,
-    load_model,
-    load_tokenizer,
-    resolve_precision,
-    weights_dtype,
-)
-from src.records import read_jsonl
-from src.throughput import (
-    AttentionPath,
-    autocast_flex_attention,
-    choose_attention,
-    score_labelled_positions_only,
-    split_rows,
-)
-
-if typing.TYPE_CHECKING:
-    import torch
-    from peft import LoraConfig
-    from trl import SFTConfig
+from src.library_configs import LibraryConfigs, build_configs, jsonable
+from src.live_metrics import STUDIO_TOKEN_ENV, LiveMetrics, Throughput, mean_train_loss, open_live, write_summary
+from src.modeling import TRAIN_CONFIG_FILE, device_kind, load_model, load_tokenizer
+from src.throughput import autocast_flex_attention, score_labelled_positions_only
+from src.training_data import load_examples, tokenize
 
 log = logging.getLogger(__name__)
-
-# The DVC Studio token under the name a cloud run passes it (sky-training.yaml keeps it from dvc
-# exp run, which would write it into a git object); dvclive reads it as DVC_STUDIO_TOKEN.
-STUDIO_TOKEN_ENV = "TRAIN_STUDIO_TOKEN"
-
-
-def _type_ok(value, hint) -> bool:
-    """Whether a params value fits a library field's annotation (types params cannot hold, such
-    as torch.dtype, are left to the library's own checks)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, set) or hint in (list, tuple, set):
-        return isinstance(value, list)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return isinstance(value, str)
-    return True
-
-
-def _field_types(cls) -> dict[str, object]:
-    """A library config's field annotations: a dataclass's, then its __init__'s parameters (by
-    annotation, or by the type of the default where there is none)."""
-    hints = {}
-    if dataclasses.is_dataclass(cls):
-        try:
-            hints = typing.get_type_hints(cls)
-        except Exception:  # an annotation that does not resolve: the ones that are types
-            hints = {f.name: f.type for f in dataclasses.fields(cls) if not isinstance(f.type, str)}
-    for name, p in inspect.signature(cls.__init__).parameters.items():
-        if name in hints:
-            continue
-        if p.annotation is not inspect.Parameter.empty and not isinstance(p.annotation, str):
-            hints[name] = p.annotation
-        elif isinstance(p.default, (bool, int, float, str)):
-            hints[name] = float if type(p.default) is float else type(p.default)
-    return hints
-
-
-def check_library_types(tc) -> None:
-    """A wrongly typed library field (``learning_rate: "2e-4"``, ``r: "16"``) fails here, with one
-    line naming the key, before any model loads: the libraries' configs would take it as given."""
-    from peft import LoraConfig
-    from transformers import BitsAndBytesConfig
-    from trl import SFTConfig
-
-    for key, cls, fields in (("quantization", BitsAndBytesConfig, tc.quantization), ("lora", LoraConfig, tc.lora),
-                             ("sft", SFTConfig, tc.sft)):
-        hints = _field_types(cls)
-        for name, value in fields.items():
-            if key == "quantization" and name == "bnb_4bit_compute_dtype" and value == "auto":
-                continue
-            if name in hints and not _type_ok(value, hints[name]):
-                wanted = getattr(hints[name], "__name__", None) or str(hints[name]).replace("typing.", "")
-                raise PipelineError(f"params.yaml: train.{key}.{name}: {value!r} ({type(value).__name__}) "
-                                    f"where {cls.__name__} wants {wanted}")
-
-
-class LibraryConfigs(typing.NamedTuple):
-    """What ``build_configs`` makes of params."""
-
-    dtype: torch.dtype  # the base weights' dtype as loaded (fp32 on CPU, where bf16 is autocast)
-    quantization: dict | None  # BitsAndBytesConfig's fields for load_model; None unless train.quantized
-    lora: LoraConfig
-    sft: SFTConfig
-    precision: str  # the precision the math runs in: fp32, bf16 or fp16 (train.precision resolved)
-    attention: AttentionPath  # the attention kernel, and whether packed rows share a forward
-
-    @property
-    def computes(self) -> str:
-        """The precision as the train metrics record it: ``bf16 autocast`` over fp32 weights on CPU."""
-        return self.precision + (" autocast" if self.dtype != compute_dtype(self.precision) else "")
-
-
-def build_configs(cfg: Params, output_dir: str) -> LibraryConfigs:
-    """The library configs from params; a wrong field fails here, naming its key."""
-    from peft import LoraConfig
-    from transformers import BitsAndBytesConfig
-    from trl import SFTConfig
-
-    tc = cfg.train
-    check_library_types(tc)
-    precision = resolve_precision(tc.precision)
-    on_cpu = device_kind() == "cpu"
-    if on_cpu and precision == "fp16":
-        raise PipelineError("train.precision: fp16 trains on GPUs only; on CPU use auto, bf16 or fp32")
-    quantization = dict(tc.quantization)  # checked even when off, so a typo fails today
-    if quantization.get("bnb_4bit_compute_dtype") == "auto":
-        quantization["bnb_4bit_compute_dtype"] = str(compute_dtype(precision)).removeprefix("torch.")
-    attention = choose_attention(tc.attention, device_kind(), tc.sft.get("packing", False))
-    built = {}
-    for key, make, fields in (
-        ("quantization", BitsAndBytesConfig, quantization),
-        ("lora", LoraConfig, dict(tc.lora)),
-        ("sft", SFTConfig, {
-            **split_rows(tc.sft, attention), "output_dir": output_dir, "report_to": "none", "use_cpu": on_cpu,
-            "bf16": precision == "bf16", "fp16": precision == "fp16",  # autocast (on CPU over fp32 weights)
-            "seed": tc.seed, "save_only_model": False, "include_num_input_tokens_seen": "non_padding",
-        }),
-    ):
-        try:
-            built[key] = make(**fields)
-        except (TypeError, ValueError) as err:
-            raise PipelineError(f"params.yaml: train.{key}: {err}") from err
-    return LibraryConfigs(weights_dtype(precision), quantization if tc.quantized else None, built["lora"],
-                          built["sft"], precision, attention)
-
-
-def jsonable(data: dict) -> dict:
-    """Library configs hold sets and enums; write them as sorted lists and strings."""
-    return json.loads(json.dumps(data, default=lambda o: sorted(o) if isinstance(o, (set, frozenset))
-                                 else str(o)))
-
-
-def load_examples(path: str, system_prompt: str | None, distilled: bool = False) -> tuple[list[dict], list[dict]]:
-    """The records as prompt/completion examples: (supervised, distilled). With ``distilled`` the
-    replay records are the second list (src/distill.py); otherwise it is empty."""
-    supervised, replay = [], []
-    for r in read_jsonl(path):
-        (replay if distilled and r.source == REPLAY_SOURCE else supervised).append(
-            training_example(r, system_prompt))
-    if not supervised:
-        raise PipelineError(f"{path}: no records to train on" if not replay else
-                            f"{path}: only replay records, which train.replay.loss kl does not supervise")
-    return supervised, replay
-
-
-def tokenize(tokenizer, examples: list[dict]) -> list[dict]:
-    """Each example's token ids and assistant-turn mask, as TRL takes them ready-made."""
-    return [supervised_ids(tokenizer, e) for e in examples]
-
-
-LIVE_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mean_token_accuracy", "replay_kl")
-
-
-class TrainerEvents:
-    """transformers' ``TrainerCallback`` protocol: every ``on_*`` event a subclass does not define
-    does nothing. Not a subclass of it, so that this module imports without transformers (which
-    loads only after ``run`` has dropped the credentials and ``main`` has relaunched)."""
-
-    def __getattr__(self, name: str):
-        if name.startswith("on_"):
-            return _ignore_event
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-
-def _ignore_event(*args, **kwargs) -> None:
-    return None
-
-
-class Throughput(TrainerEvents):
-    """Adds tokens/s (of the non-padding tokens the model computed on) to every training log."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.last = (time.perf_counter(), state.num_input_tokens_seen)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None or "loss" not in logs:
-            return
-        now, tokens = time.perf_counter(), state.num_input_tokens_seen
-        then, before = self.last
-        if now > then:
-            logs["tokens_per_second"] = round((tokens - before) / (now - then), 2)
-        self.last = (now, tokens)
-
-
-class LiveMetrics(TrainerEvents):
-    """train/* and eval/* series in dvclive (``live``; None: nothing written), one row per logged
-    optimizer step. A resumed run first writes the rows of the checkpoint's history, so the
-    series stay whole."""
-
-    def __init__(self, live):
-        self.live = live
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.live is not None:
-            for entry in state.log_history:
-                self.record(entry, entry["step"])
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and self.live is not None:  # every process gets the logs, reduced over all of them
-            self.record(logs, state.global_step)
-
-    def record(self, logs: dict, step: int) -> None:
-        prefix = "eval" if "eval_loss" in logs else "train" if "loss" in logs else None
-        if prefix is None:  # the end-of-training summary: written by write_summary
-            return
-        self.live.step = step
-        for key, value in logs.items():
-            name = key.removeprefix("eval_")
-            if name in LIVE_KEYS and isinstance(value, (int, float)):
-                self.live.log_metric(f"{prefix}/{name}", value)
-        self.live.sync()  # metrics.json, and DVC Studio's live view when DVC_STUDIO_TOKEN is set
-
-
-def mean_train_loss(history: list[dict]) -> float | None:
-    """Mean training loss over the logged steps (each log is the mean since the one before),
-    from the trainer's history, so a resumed run reports the whole run's figure."""
-    total = steps = 0
-    last = 0
-    for entry in history:
-        if "loss" in entry:
-            total += entry["loss"] * (entry["step"] - last)
-            steps += entry["step"] - last
-            last = entry["step"]
-    return total / steps if steps else None
 
 
 def sequences_in(dataset) -> int:
@@ -386,29 +132,13 @@ def chat_tokenizer(cfg: Params):
     return tokenizer
 
 
-def checkpoint_store(cfg: Params) -> CheckpointStore:
+def run_checkpoints(cfg: Params) -> RunCheckpoints:
     """This configuration's checkpoints, fingerprinted by the chat and train params, the data
     files and the base model (src/checkpoints.py)."""
     paths = cfg.paths
-    return CheckpointStore(
-        checkpoint_root(paths.checkpoints),
-        fingerprint_inputs(cfg.model_dump(include={"chat", "train"}),
-                           {"train": paths.train, "val": paths.val}, paths.base_model),
-        keep=cfg.train.sft.get("save_total_limit"))
-
-
-def resume_point(store: CheckpointStore, sft_config) -> Path | None:
-    """The newest complete checkpoint of this configuration, if any. Under torchrun or
-    accelerate, the first process of all holds the folder and tidies it before the others look
-    (machines share it when it is a mounted bucket)."""
-    with sft_config.main_process_first(local=False, desc="checkpoint folder"):
-        store.prepare(lock=sft_config.process_index == 0)
-    resume = store.latest()
-    if resume:
-        log.info("resuming from %s (step %d)", resume, step_of(resume))
-    else:
-        log.info("no checkpoint of this configuration in %s: training from step 0", store.dir)
-    return resume
+    return RunCheckpoints(paths.checkpoints, cfg.model_dump(include={"chat", "train"}),
+                          {"train": paths.train, "val": paths.val}, paths.base_model,
+                          keep=cfg.train.sft.get("save_total_limit"))
 
 
 def build_model(cfg: Params, configs: LibraryConfigs):
@@ -426,31 +156,17 @@ def build_model(cfg: Params, configs: LibraryConfigs):
     return model
 
 
-def open_live(folder: str, sft_config):
-    """dvclive's writer in the first process of each machine, None in the others: DVC runs on
-    every machine of a multi-node job and checks the outputs there. Only the first process of
-    all posts live metrics to DVC Studio."""
-    from dvclive import Live
-
-    writer = sft_config.local_process_index == 0
-    if os.environ.get(STUDIO_TOKEN_ENV):
-        os.environ["DVC_STUDIO_TOKEN"] = os.environ.pop(STUDIO_TOKEN_ENV)
-    if writer and sft_config.process_index != 0:
-        os.environ["DVC_STUDIO_OFFLINE"] = "true"
-    return Live(folder, dvcyaml=None, save_dvc_exp=False, report=None) if writer else None
-
-
 def build_trainer(cfg: Params, model, tokenizer, configs: LibraryConfigs, examples: Examples,
-                  store: CheckpointStore, callbacks: list):
+                  checkpoints: RunCheckpoints, callbacks: list):
     """TRL's SFTTrainer (with the replay KL term when there are replay rows), writing its
-    checkpoints into ``store``; the LoRA adapter goes onto ``model`` here."""
+    checkpoints into ``checkpoints``; the LoRA adapter goes onto ``model`` here."""
     from datasets import Dataset
     from trl import SFTTrainer
 
     replay = cfg.train.replay
     score_labelled_positions_only()  # the output layer on the labelled positions alone
     trainer_class = with_replay_kl(SFTTrainer, examples.replay, replay.weight, replay.rows_per_batch, cfg.train.seed)
-    trainer = resumable(trainer_class, store)(
+    trainer = checkpoints.trainer_class(trainer_class)(
         model=model, args=configs.sft, processing_class=tokenizer, peft_config=configs.lora,
         train_dataset=Dataset.from_list(examples.train), eval_dataset=Dataset.from_list(examples.eval),
         callbacks=callbacks,
@@ -459,33 +175,34 @@ def build_trainer(cfg: Params, model, tokenizer, configs: LibraryConfigs, exampl
     return trainer
 
 
-def train_or_restore(trainer, resume: Path | None, ran: bool, callbacks: list) -> float:
-    """Train, from ``resume`` when there is one; with ``ran`` false, ``resume`` is the last step
-    of a finished run (kept by TRAIN_KEEP_CHECKPOINTS): restore it instead, since Trainer would
-    take one step too many. Returns the seconds spent training."""
-    if ran:
+def train_or_restore(trainer, checkpoints: RunCheckpoints, callbacks: list) -> float:
+    """Train, from the checkpoint to resume from when there is one; when it is the last step of a
+    finished run (kept by TRAIN_KEEP_CHECKPOINTS), restore it instead, since Trainer would take
+    one step too many. Returns the seconds spent training."""
+    resume = checkpoints.resume_from
+    if not checkpoints.finished:
         return trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics["train_runtime"]
     log.info("%s is the last step: training had finished, its adapter is written as is", resume)
-    restore_finished(trainer, resume)
+    checkpoints.restore(trainer)
     for callback in callbacks:  # the dvclive series from the checkpoint's history
         callback.on_train_begin(trainer.args, trainer.state, trainer.control)
     return 0.0
 
 
-def summarize(trainer, examples: Examples, resume: Path | None, train_seconds: float,
+def summarize(trainer, examples: Examples, checkpoints: RunCheckpoints, train_seconds: float,
               configs: LibraryConfigs) -> dict:
     """The run's metrics: losses, steps, record counts, tokens and times, and how it computed."""
     history = trainer.state.log_history
     eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
     tokens = trainer.state.num_input_tokens_seen  # non-padding tokens the model computed on
-    tokens_this_run = tokens - tokens_before_resume(trainer)
+    tokens_this_run = tokens - checkpoints.tokens_before_resume(trainer)
     trained = sequences_in(trainer.train_dataset)
     no_completion = examples.no_completion + len(examples.train) - trained  # + any TRL left out (none expected)
     return {
         "train_loss": mean_train_loss(history),
         "eval_loss": next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None),
         "steps": trainer.state.global_step,
-        "resumed_from_step": step_of(resume) if resume else 0,
+        "resumed_from_step": checkpoints.resumed_from_step,
         "records": examples.records,
         "records_trained": trained,
         "records_distilled": len(examples.replay),
@@ -511,15 +228,6 @@ def gathered_adapter(trainer, ran: bool) -> dict | None:
     return trainer.accelerator.get_state_dict(trainer.model)
 
 
-def write_summary(live, summary: dict) -> None:
-    """The summary as dvclive's metrics.json; closes ``live``."""
-    for key, value in summary.items():
-        if value is not None:
-            live.summary[key] = value
-    live.make_summary()
-    live.end()
-
-
 def save_adapter(cfg: Params, trainer, tokenizer, configs: LibraryConfigs, fingerprint: str, summary: dict,
                  adapter_state: dict | None) -> None:
     """The adapter weights (safetensors) and config, the tokenizer, and the resolved config
@@ -539,47 +247,34 @@ def save_adapter(cfg: Params, trainer, tokenizer, configs: LibraryConfigs, finge
              100 * summary["eval_time_share"])
 
 
-def clean_up(store: CheckpointStore) -> None:
-    """Delete this configuration's checkpoints, spent now that the adapter is written, unless
-    TRAIN_KEEP_CHECKPOINTS keeps them."""
-    if keep_after_success():
-        log.info("kept %s (TRAIN_KEEP_CHECKPOINTS): a rerun resumes from its final checkpoint", store.dir)
-    else:
-        store.remove()
-
-
 def main(cfg: Params):
     """Train and save; returns the trainer (tests inspect its model and history)."""
-    try:
-        relaunch_if_needed(cfg.train.distributed)  # under accelerate launch, when params ask for it
-        tokenizer = chat_tokenizer(cfg)
-        store = checkpoint_store(cfg)
-        configs = build_configs(cfg, output_dir=str(store.dir))
+    relaunch_if_needed(cfg.train.distributed)  # under accelerate launch, when params ask for it
+    tokenizer = chat_tokenizer(cfg)
+    with run_checkpoints(cfg) as checkpoints:  # the checkpoint folder's lock goes when a run ends in-process
+        configs = build_configs(cfg, output_dir=checkpoints.output_dir)
         log.info("training on %s in %s%s, attention: %s", device_kind(), configs.computes,
                  " with 4-bit/8-bit base weights" if configs.quantization else "", configs.attention.name)
 
         # Data, the checkpoint to resume from, model, metrics writer, trainer.
         examples = prepare_examples(cfg, tokenizer, configs.sft)
-        resume = resume_point(store, configs.sft)
+        checkpoints.find(configs.sft)
         model = build_model(cfg, configs)
         live = open_live(cfg.paths.train_live, configs.sft)  # None but in one process per machine
         callbacks = [Throughput(), LiveMetrics(live)]
-        trainer = build_trainer(cfg, model, tokenizer, configs, examples, store, callbacks)
+        trainer = build_trainer(cfg, model, tokenizer, configs, examples, checkpoints, callbacks)
 
         # Train, or restore a run that had finished (TRAIN_KEEP_CHECKPOINTS kept its last step).
-        ran = not (resume and finished(resume))
-        train_seconds = train_or_restore(trainer, resume, ran, callbacks)
+        train_seconds = train_or_restore(trainer, checkpoints, callbacks)
 
         # Save: metrics, adapter and tokenizer, then the spent checkpoints go.
-        summary = summarize(trainer, examples, resume, train_seconds, configs)
-        adapter_state = gathered_adapter(trainer, ran)  # under FSDP every process takes part
+        summary = summarize(trainer, examples, checkpoints, train_seconds, configs)
+        adapter_state = gathered_adapter(trainer, ran=not checkpoints.finished)  # under FSDP every process takes part
         if live is not None:  # the writer of this machine
             write_summary(live, summary)
-            save_adapter(cfg, trainer, tokenizer, configs, store.id, summary, adapter_state)
-            clean_up(store)
+            save_adapter(cfg, trainer, tokenizer, configs, checkpoints.fingerprint, summary, adapter_state)
+            checkpoints.clean_up()
         return trainer
-    finally:
-        release_all()  # the checkpoint folder's lock, when a run ends in-process
 
 
 if __name__ == "__main__":
