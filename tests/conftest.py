@@ -87,6 +87,15 @@ def stage_outputs(repo: Path = ROOT) -> dict[str, list[str]]:
                 for stage in dvc_repo.index.stages if isinstance(stage, PipelineStage)}
 
 
+# The stages downstream of training: what a change to train's params reruns.
+MODEL_STAGES = {"train", "merge_model", "export_model", "sanity_check", "evaluate", "quality_gate"}
+
+
+def ran_stages(output: str) -> set[str]:
+    """The stages dvc ran, from what ``dvc repro`` or ``dvc exp run`` printed."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
 def cli_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
     """The test environment (the venv's executables first on PATH), plus ``env`` (a value of None
     removes the variable)."""
@@ -95,10 +104,12 @@ def cli_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
 
 
 def run_cli(args: list[str], cwd: Path, check: bool = False, env: dict[str, str | None] | None = None,
-            input_text: str | None = None) -> subprocess.CompletedProcess:
+            input_text: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run a command with the test environment (the venv's executables first on PATH), plus ``env``
-    (see cli_env); ``input_text`` is its stdin."""
-    proc = subprocess.run(args, cwd=cwd, env=cli_env(env), capture_output=True, text=True, input=input_text)
+    (see cli_env); ``input_text`` is its stdin; past ``timeout`` seconds it is killed and
+    ``subprocess.TimeoutExpired`` raised."""
+    proc = subprocess.run(args, cwd=cwd, env=cli_env(env), capture_output=True, text=True, input=input_text,
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

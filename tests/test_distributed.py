@@ -22,11 +22,13 @@ import pytest
 import yaml
 
 from tests.cloudkit import free_port
-from tests.conftest import cli_env, make_clone, run_cli, set_output_paths
-from tests.modelkit import TINY_DAG_SFT, chatml_tokenizer, configure_tiny_dag, tiny_model_folder
+from tests.conftest import InThreads, cli_env, head_start, make_clone, run_cli, set_output_paths
+from tests.modelkit import TINY_DAG_SFT, configure_tiny_dag
 
-# A collective that never completes fails the test, not CI. The limit covers the module's runs,
-# set up in its first test: 470 s on 2 cores without AVX-512 beside the session's other work.
+# A collective that never completes fails the test, not CI: each run is killed past RUN_LIMIT
+# seconds (one took 40 s on 2 cores with bf16 beside the session's other work), and the tests
+# that wait for the runs give up past the module's limit.
+RUN_LIMIT = 600
 pytestmark = pytest.mark.timeout(1200)
 
 
@@ -52,7 +54,7 @@ def train(repo: Path, name: str, batch: int, processes: int):
     configure(repo, name, batch)
     launcher = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(processes),
                 "--master_port", str(free_port())] if processes > 1 else [sys.executable]
-    return run_cli([*launcher, "-m", "src.stages.train"], repo, env={"OMP_NUM_THREADS": "1"})
+    return run_cli([*launcher, "-m", "src.stages.train"], repo, env={"OMP_NUM_THREADS": "1"}, timeout=RUN_LIMIT)
 
 
 def two_machines(repo: Path, tmp: Path) -> list[subprocess.CompletedProcess]:
@@ -70,14 +72,15 @@ def two_machines(repo: Path, tmp: Path) -> list[subprocess.CompletedProcess]:
                        "TRAIN_MAIN_PORT": str(port), "TRAIN_CHECKPOINT_DIR": str(tmp / "bucket")})
         procs.append(subprocess.Popen([sys.executable, "-m", "src.stages.train"], cwd=machine, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=500) for p in procs]
+    try:
+        outputs = [p.communicate(timeout=RUN_LIMIT) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
-    model = tiny_model_folder(tmp / "tiny", chatml_tokenizer())
+def ddp_chain(tmp: Path, model: Path):
     repo = configure_tiny_dag(make_clone(tmp / "repo"), model)
     run_cli(["dvc", "repro", "merge_data", "fetch_base_model"], repo, check=True)
     single = train(repo, "single", batch=2, processes=1)
@@ -86,6 +89,20 @@ def runs(tmp_path_factory):
     return repo, single, ddp, (tmp / "machine-1", machines)
 
 
+@head_start("ddp_runs")
+def start_ddp_runs(request, tmp_path_factory) -> InThreads:
+    """The runs above, one after another in a thread started as the session starts (conftest:
+    head_started), beside the other tests."""
+    model, tmp = request.getfixturevalue("tiny_model"), tmp_path_factory.mktemp("ddp")
+    return InThreads(runs=lambda: ddp_chain(tmp, model))
+
+
+@pytest.fixture(scope="module")
+def runs(head_started):
+    return head_started["ddp_runs"].result("runs")
+
+
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_of_the_same_global_batch(runs):
     repo, single, ddp, _ = runs
     assert single.returncode == 0, single.stderr[-3000:]
@@ -101,6 +118,7 @@ def test_two_process_ddp_matches_one_process_of_the_same_global_batch(runs):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-4
 
 
+@pytest.mark.slow
 def test_ddp_writes_its_outputs_once(runs):
     repo, _, ddp, _ = runs
     assert ddp.stderr.count("wrote models/out/ddp/adapter") == 1  # the main process only
@@ -110,6 +128,7 @@ def test_ddp_writes_its_outputs_once(runs):
     assert not list((repo / "models/out/ddp/checkpoints").glob("*/checkpoint-*"))  # spent after success
 
 
+@pytest.mark.slow
 def test_two_machines_through_accelerate_match_one_process(runs):
     """train.distributed ddp with SkyPilot's node variables: the stage starts itself under
     accelerate launch, the machines meet at the first one's address, and each machine writes

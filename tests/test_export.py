@@ -47,11 +47,15 @@ def tokenizer_of(kind: str, tmp: Path):
 
 @pytest.fixture(scope="module", params=["smollm2", "llama2"])
 def exported(request, tmp_path_factory):
-    """A tiny model folder and its f16 and q8_0 GGUF files."""
+    """A tiny model folder and its f16 and q8_0 GGUF files; while the module's tests use them, gguf's
+    reader parses each file once (its metadata holds the whole vocabulary: seconds a parse)."""
+    from src.fetching import gguf_parsed_once
+
     tmp = tmp_path_factory.mktemp(request.param)
     folder = tiny_model_folder(tmp / "model", tokenizer_of(request.param, tmp))
     files = {k: write_gguf(folder, tmp / f"model-{k}.gguf", k, NAME) for k in ("f16", "q8_0")}
-    return request.param, folder, files
+    with gguf_parsed_once():
+        yield request.param, folder, files
 
 
 def hf_model(folder: Path, **kwargs):

@@ -6,7 +6,12 @@ again: every stage at the moment it would put its output in place, and training 
 random steps (one kill during a checkpoint write). Each rerun picks up where the last stopped;
 the one that finishes training and the last are ``dvc exp run``. The final adapter must equal
 the reference's within 1e-6, every other output must match, and no fake credential from the
-environment may reach any file either clone holds or any line either printed.
+environment may reach any file either clone holds or any line either printed. A copy of the
+reference then runs ``dvc exp run`` twice: unchanged (nothing runs) and with a training change
+(the model stages run, no others).
+
+Both chains start with the test session (conftest.py: ``head_start``) and go on beside the other
+tests; the slow tests that check them run last.
 """
 
 from __future__ import annotations
@@ -17,12 +22,23 @@ import os
 import random
 import re
 import secrets
+import shutil
 from pathlib import Path
 
 import pytest
 
 from src.config import output_paths
-from tests.conftest import ROOT, InThreads, files_holding, make_clone, run_cli, stage_outputs
+from tests.conftest import (
+    MODEL_STAGES,
+    ROOT,
+    InThreads,
+    files_holding,
+    head_start,
+    make_clone,
+    ran_stages,
+    run_cli,
+    stage_outputs,
+)
 from tests.modelkit import TINY_DAG_SFT, configure_tiny_dag
 
 FAULTKIT = ROOT / "tests" / "faultkit"
@@ -65,7 +81,11 @@ def killed(proc, stage_module: str) -> str:
 
 
 def stale(repo: Path) -> set[str]:
-    return set(json.loads(run_cli(["dvc", "status", "--json"], repo, check=True).stdout))
+    """The stages ``dvc status`` reports (its Python API: what the command prints as JSON)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        return set(dvc_repo.status())
 
 
 def checkpoint_steps(repo: Path) -> list[int]:
@@ -77,30 +97,27 @@ def scan_for_secrets(root: Path) -> list[str]:
     return files_holding(root, SECRETS.values())
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, tiny_model):
-    """The uninterrupted run, started in a thread of its own so that it goes on beside the faulted
-    run (each stage process keeps to one thread: conftest); ``reference`` waits for it."""
-    repo = configure_tiny_dag(make_clone(tmp_path_factory.mktemp("reference") / "repo"), tiny_model)
-    log, record = [], repo.parent / "environments"
+def reference_chain(tmp: Path, model: Path) -> tuple[Path, list, Path, dict]:
+    """The uninterrupted run; then, in a copy, a second ``dvc exp run`` (which must run nothing) and
+    one with a training change (which must run the model stages only). Returns the repo, what dvc
+    printed, the stages' environment records and the copy's two runs."""
+    repo = configure_tiny_dag(make_clone(tmp / "repo"), model)
+    log, record = [], tmp / "environments"
     record.mkdir()
-    running = InThreads(repro=lambda: dvc(repo, "repro", log=log, record=record))
-    yield repo, log, record, running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def reference(reference_run):
-    repo, log, record, running = reference_run
-    proc = running.result("repro")
+    proc = dvc(repo, "repro", log=log, record=record)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return repo, log, record
+    again = shutil.copytree(repo, tmp / "again", symlinks=True)
+    reruns = {"same": run_cli(["dvc", "exp", "run"], again, check=True)}
+    # a gate the tiny model cannot pass, deferred: the failure is recorded and the run goes on
+    reruns["changed"] = run_cli(["dvc", "exp", "run", "-S", f"train.sft.max_steps={MAX_STEPS - 1}",
+                                 "-S", "quality_gate.min_identity_accuracy=1.0"], again, check=True,
+                                env={"QUALITY_GATE": "defer"})
+    return repo, log, record, reruns
 
 
-@pytest.fixture(scope="module")
-def faulted(tmp_path_factory, tiny_model, reference_run):  # the reference runs meanwhile
+def faulted_chain(tmp: Path, model: Path) -> tuple[Path, list, dict, tuple[int, int, int]]:
     """Kill every stage once and training three times; returns the repo and what was seen."""
-    repo = configure_tiny_dag(make_clone(tmp_path_factory.mktemp("faulted") / "repo"), tiny_model)
+    repo = configure_tiny_dag(make_clone(tmp / "repo"), model)
     log, seen = [], {"stale": {}, "present": {}, "checkpoints": [], "secrets_mid_run": []}
 
     def kill(module: str, how: str = "replace", command: tuple[str, ...] = ("repro",)) -> str:
@@ -130,6 +147,26 @@ def faulted(tmp_path_factory, tiny_model, reference_run):  # the reference runs 
     return repo, log, seen, (first, during_save, last)
 
 
+@head_start("fault_runs")
+def start_fault_runs(request, tmp_path_factory) -> InThreads:
+    """Both chains, started as the session starts (conftest: head_started), each in a thread of
+    its own beside the other tests (each stage process keeps to one thread: conftest)."""
+    model = request.getfixturevalue("tiny_model")
+    reference, faulted = tmp_path_factory.mktemp("reference"), tmp_path_factory.mktemp("faulted")
+    return InThreads(reference=lambda: reference_chain(reference, model), faulted=lambda: faulted_chain(faulted, model))
+
+
+@pytest.fixture(scope="module")
+def reference(head_started):
+    return head_started["fault_runs"].result("reference")
+
+
+@pytest.fixture(scope="module")
+def faulted(head_started):
+    return head_started["fault_runs"].result("faulted")
+
+
+@pytest.mark.slow
 def test_a_killed_stage_leaves_no_output_dvc_would_take_as_complete(faulted):
     _, _, seen, _ = faulted
     assert set(seen["stale"]) >= {"generate_identity_data", "process_data", "data_split", "fetch_base_model",
@@ -139,6 +176,7 @@ def test_a_killed_stage_leaves_no_output_dvc_would_take_as_complete(faulted):
     assert not any(seen["present"].values()), seen["present"]  # and none left its output in place
 
 
+@pytest.mark.slow
 def test_training_resumes_after_each_kill(faulted):
     repo, log, seen, (first, during_save, last) = faulted
     (how1, after1, _), (how2, after2, staging2), (how3, after3, _) = seen["checkpoints"]
@@ -159,11 +197,12 @@ def test_training_resumes_after_each_kill(faulted):
     assert not checkpoint_steps(repo)  # spent once the adapter was saved
 
 
+@pytest.mark.slow
 def test_final_outputs_equal_an_uninterrupted_run(faulted, reference):
     from safetensors.torch import load_file
 
     repo, _, _, _ = faulted
-    ref, _, _ = reference
+    ref, _, _, _ = reference
     for rel in (f"{PATHS['adapter']}/adapter_model.safetensors", f"{PATHS['merged_model']}/model.safetensors"):
         mine, theirs = load_file(repo / rel), load_file(ref / rel)
         assert mine.keys() == theirs.keys()
@@ -180,9 +219,10 @@ def test_final_outputs_equal_an_uninterrupted_run(faulted, reference):
     assert not stale(repo)  # dvc status: everything up to date
 
 
+@pytest.mark.slow
 def test_no_credential_from_the_environment_is_written_or_printed(faulted, reference):
     repo, log, seen, _ = faulted
-    ref, ref_log, _ = reference
+    ref, ref_log, _, _ = reference
     assert seen["secrets_mid_run"] == []
     assert scan_for_secrets(repo) == [] and scan_for_secrets(ref) == []
     printed = "\n".join(log + ref_log)
@@ -193,10 +233,11 @@ def test_no_credential_from_the_environment_is_written_or_printed(faulted, refer
 STAGE_SECRETS = {"fetch_base_model": {"HF_TOKEN"}, "train": {"DVC_STUDIO_TOKEN"}}
 
 
+@pytest.mark.slow
 def test_each_stage_sees_only_the_credentials_it_uses(reference):
     """Every fake credential is in dvc's environment; each stage process's own environment (read
     from /proc/self/environ as it exits) holds only those of STAGE_SECRETS."""
-    _, _, record = reference
+    _, _, record, _ = reference
     seen: dict[str, set[str]] = {}
     for path in record.glob("*.json"):
         entry = json.loads(path.read_text())
@@ -226,6 +267,16 @@ def test_the_scan_finds_a_credential_inside_git_objects(tmp_path):
     assert len(packed) == 1 and packed[0].split(":")[0].endswith(".pack")
 
 
+@pytest.mark.slow
+def test_a_second_run_is_a_no_op_and_a_training_change_reruns_only_the_model_stages(reference):
+    *_, reruns = reference
+    assert ran_stages(reruns["same"].stdout) == set(), reruns["same"].stdout
+    changed = reruns["changed"]
+    assert ran_stages(changed.stdout) == MODEL_STAGES, changed.stdout
+    assert "quality gate failed" in changed.stderr + changed.stdout  # deferred: recorded, the run went on
+
+
+@pytest.mark.slow
 def test_dvc_metrics_show_reports_zero_train_val_prompt_overlap(faulted):
     """The dataset report is no DVC metric of the table (dvc.yaml's metrics), so it is asked for
     by name, as dvc.yaml says."""
