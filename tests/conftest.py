@@ -250,13 +250,15 @@ def pytest_report_header(config) -> list[str]:
 
 def pytest_collection_modifyitems(items):
     """The slow tests run last: the runs they wait for start with the session (``head_started``)
-    and have the other tests' minutes to finish in. Those that wait for a ``first`` run come
-    first among them: another run still going on then takes the cores they leave."""
+    and have the other tests' minutes to finish in. Among them, those that wait for no such run
+    come first; then those that wait for a ``first`` run: another run still going on then takes
+    the cores they leave."""
     firsts = {name for name, (_, first) in HEAD_STARTS.items() if first}
 
-    def rank(item) -> tuple[bool, bool]:
+    def rank(item) -> tuple[bool, bool, bool]:
         slow = item.get_closest_marker("slow") is not None
-        return slow, slow and not firsts & set(item.fixturenames)
+        waits = bool(HEAD_STARTS.keys() & set(item.fixturenames))
+        return slow, slow and waits, slow and waits and not firsts & set(item.fixturenames)
 
     items.sort(key=rank)  # stable: within a rank, the collection's order
 

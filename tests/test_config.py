@@ -98,6 +98,7 @@ def test_stage_cli_refuses_bad_params_before_work(clone):
     assert not (clone / repo_params()["paths"]["processed_dir"] / "orca.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_dash_s_override_reaches_the_stage(clone):
     """`dvc exp run -S` writes params.yaml; stages read it through dvc.api, so the value applies."""
     proc = run_cli(["dvc", "exp", "run", "-S", "datasets.orca.subset_rows=7", "process_data"], clone)

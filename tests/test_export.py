@@ -261,6 +261,7 @@ def test_a_template_that_rewrites_contents_gets_no_modelfile(tmp_path):
 
 # --- the stage ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_stage_writes_gguf_files_a_k_quant_and_the_modelfile(tmp_path):
     """export_model on a tiny merged folder: f16, q8_0 and q4_k_m (llama.cpp's quantizer) that
     llama.cpp loads and answers from, and a Modelfile that loads the q8_0 file."""

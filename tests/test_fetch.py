@@ -317,6 +317,7 @@ def test_pickled_weights_refused_unless_params_allow_them(tmp_path, hub_folder):
     assert "model.embed_tokens.weight" in converted
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_tokenizer_special_tokens():
     tok = fetching.gguf_tokenizer()
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"

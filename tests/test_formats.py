@@ -367,6 +367,7 @@ def test_a_column_the_format_does_not_read_is_refused_before_the_file_is_opened(
 
 # --- a user's file, one params entry, dvc exp run -----------------------------------------------
 
+@pytest.mark.slow
 def test_a_users_file_is_trained_on_with_one_params_entry(clone):
     from tests.modelkit import chatml_tokenizer, configure_tiny_dag, tiny_model_folder
 

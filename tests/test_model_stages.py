@@ -484,6 +484,7 @@ def test_pipeline_owned_sft_keys_refused(tmp_path):
         params_in(tmp_path, train={"sft": {"output_dir": "/tmp/x"}})
 
 
+@pytest.mark.slow
 def test_train_cli_reports_missing_base_model(clone):
     proc = run_cli(["python", "-m", "src.stages.train"], clone)
     assert proc.returncode == 1

@@ -65,6 +65,7 @@ def test_an_output_path_in_params_yaml_is_refused_before_anything_is_deleted(clo
     _intact(clone, outside)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("key", "stage"), TARGETS)
 def test_an_output_path_from_dash_s_is_refused_before_anything_is_deleted(clone, outside, key, stage):
     for option in (f"paths.{key}=models/..", f"+paths.{key}=models/..", f"+paths.{key}={outside}"):
@@ -108,6 +109,7 @@ def test_the_shipped_outputs_are_plain_distinct_and_apart():
     assert roots <= {"data", "models", "dvclive", "sanity_check_result"}
 
 
+@pytest.mark.slow
 def test_an_input_path_that_is_a_folder_fails_with_one_line(clone, outside):
     for value in (".git", ".", str(outside)):
         proc = run_cli(["dvc", "exp", "run", "-S", f"datasets.orca.path={value}", "process_data"], clone)
@@ -185,6 +187,7 @@ def test_no_params_value_reaches_a_command_or_an_output_path(clone, tmp_path):
     [["dvc", "repro"], ["dvc", "exp", "run"]],
     [["dvc", "repro", "-s", "data_split"], ["dvc", "repro", "-s", "process_data"],
      ["dvc", "repro", "-f", "-s", "process_data"]]], ids=["whole-dag", "one-stage"])
+@pytest.mark.slow
 def test_bad_source_names_in_params_yaml_delete_and_run_nothing(clone, tmp_path, outside, victims, commands):
     if "-s" in commands[0]:  # the stages' inputs are there, as on a clone that has run before
         run_cli(["dvc", "repro", "data_split"], clone, check=True)
@@ -199,6 +202,7 @@ def test_bad_source_names_in_params_yaml_delete_and_run_nothing(clone, tmp_path,
         _untouched(clone, outside, victims)
 
 
+@pytest.mark.slow
 def test_a_bad_source_name_from_dash_s_deletes_and_runs_nothing(clone, tmp_path, outside, victims):
     for name in ("x$HOME", "ORCA", "a/b", "../../../outside/victim", "\u043erca", f"$(touch {tmp_path / 'marker'})"):
         proc = run_cli(["dvc", "exp", "run", "-S", f"+datasets.{name}={{path: data/raw/orca_sample.parquet, "
@@ -210,6 +214,7 @@ def test_a_bad_source_name_from_dash_s_deletes_and_runs_nothing(clone, tmp_path,
         _untouched(clone, outside, victims)
 
 
+@pytest.mark.slow
 def test_a_stage_named_for_a_source_does_not_exist(clone, tmp_path, outside, victims):
     """``dvc repro -s process_data@<name>`` reached the name's outputs directly; now no such stage exists."""
     name = "../../../outside/victim"
@@ -220,6 +225,7 @@ def test_a_stage_named_for_a_source_does_not_exist(clone, tmp_path, outside, vic
     _untouched(clone, outside, victims)
 
 
+@pytest.mark.slow
 def test_queued_experiments_with_bad_source_names_delete_and_run_nothing(clone, tmp_path, outside, victims):
     _with_sources(clone, bad_names(tmp_path))
     run_cli(["git", "commit", "-qam", "bad source names"], clone, check=True)

@@ -15,6 +15,8 @@ import yaml
 from src.records import prompt_key, read_jsonl
 from tests.conftest import ROOT, repo_params, run_cli
 
+# every test here runs dvc on a clone: the slow tier
+pytestmark = pytest.mark.slow
 PATHS = repo_params()["paths"]
 
 

@@ -102,6 +102,7 @@ def test_hydra_value_reads_back_as_itself(value, tmp_path):
     ("imports:\n  /etc/passwd: {dataset: a/b, revision: main, file: x}\n", "imports./etc/passwd"),
     ("imports:\n  data/raw/x.parquet: {dataset: a/b}\n", "imports.data/raw/x.parquet"),
 ])
+@pytest.mark.slow
 def test_a_bad_profile_fails_with_one_line_naming_the_key(tmp_path, text, key):
     repo = repo_copy(tmp_path)
     (tmp_path / "bad.yaml").write_text(text)
@@ -120,6 +121,7 @@ def hub():
     server.close()
 
 
+@pytest.mark.slow
 def test_import_brings_the_profiles_files_at_their_commits(clone, hub):
     server, files = hub
     env = {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0"}

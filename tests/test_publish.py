@@ -17,6 +17,8 @@ from tests.cloudkit import UploadHub, free_port
 from tests.conftest import files_holding, repo_params, run_cli
 from tests.modelkit import chatml_tokenizer, tiny_model_folder
 
+# every test here runs the upload command on a clone: the slow tier
+pytestmark = pytest.mark.slow
 TOKEN = f"hf_{secrets.token_hex(12)}"  # made afresh each run: no file holds it beforehand
 MANIFEST = "publish.json"
 

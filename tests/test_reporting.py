@@ -160,6 +160,7 @@ def test_metrics_are_the_results_in_order_and_the_accounting_stays_reachable(run
     assert files[PATHS["report"]]["data"]["dropped"]["process_data_orca"]["too_long"] == 1
 
 
+@pytest.mark.slow
 def test_exp_show_opens_with_the_headline_and_leaves_the_accounting_out(run_clone):
     header, workspace = exp_table(run_clone)
     first = len([c for c in header if c in ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")])

@@ -266,6 +266,7 @@ def test_mix_params_are_checked():
 
 # every stage's command, in DAG order, on a clone
 
+@pytest.mark.slow
 def test_each_stage_cli_in_order(clone):
     use_whole_samples(clone)
     params = yaml.safe_load((clone / "params.yaml").read_text())

@@ -54,6 +54,7 @@ def test_loop_commands(model_dir):
     assert "(new conversation)" in out.getvalue() and "never read" not in out.getvalue()
 
 
+@pytest.mark.slow
 def test_command_line_through_a_pipe(model_dir, tmp_path):
     proc = run_cli(["python", "-m", "src.talk", str(model_dir), "--max-new-tokens", "4"], ROOT,
                    input_text="Who are you?\n/reset\nWho are you?\n")
