@@ -157,13 +157,18 @@ def start_fault_runs(request, tmp_path_factory) -> InThreads:
 
 
 @pytest.fixture(scope="module")
-def reference(head_started):
-    return head_started["fault_runs"].result("reference")
+def fault_runs(head_started) -> InThreads:
+    return head_started["fault_runs"]
 
 
 @pytest.fixture(scope="module")
-def faulted(head_started):
-    return head_started["fault_runs"].result("faulted")
+def reference(fault_runs):
+    return fault_runs.result("reference")
+
+
+@pytest.fixture(scope="module")
+def faulted(fault_runs):
+    return fault_runs.result("faulted")
 
 
 @pytest.mark.slow
