@@ -81,11 +81,7 @@ def killed(proc, stage_module: str) -> str:
 
 
 def stale(repo: Path) -> set[str]:
-    """The stages ``dvc status`` reports (its Python API: what the command prints as JSON)."""
-    from dvc.repo import Repo
-
-    with Repo(str(repo)) as dvc_repo:
-        return set(dvc_repo.status())
+    return set(json.loads(run_cli(["dvc", "status", "--json"], repo, check=True).stdout))
 
 
 def checkpoint_steps(repo: Path) -> list[int]:
