@@ -203,7 +203,8 @@ def tiny_model(tmp_path_factory) -> Path:
 # --- long runs that start with the session ----------------------------------------------------
 #
 # The slow tests wait for long chains of processes: the real default model's ``dvc exp run``
-# (test_end_to_end.py) and the simulated cloud jobs (test_cloud.py). Those start as the session
+# (test_end_to_end.py), the simulated cloud jobs (test_cloud.py), the fault chains
+# (test_faults.py) and the data-parallel runs (test_distributed.py). Those start as the session
 # starts and go on beside the other tests, which run first; the slow tests run last.
 
 HEAD_STARTS: dict[str, tuple[Callable, bool]] = {}
@@ -214,13 +215,14 @@ YIELD_TO_FIRST = 5
 
 def head_start(fixture: str, first: bool = False):
     """Register ``start(request, tmp_path_factory)``, which starts a long run and returns its
-    handle (anything with a ``stop()`` that ends or waits for what is left of the run). When a
-    selected test uses ``fixture``, the run starts as the session starts, and that fixture
-    finds the handle in ``head_started``. ``first`` runs start before the others, and then
-    the session's own processes give way to them (``YIELD_TO_FIRST``)."""
-    def register(start: Callable) -> Callable:
+    handle (anything with a ``stop()`` that ends or waits for what is left of the run), and
+    make the decorated name the module-scoped fixture ``fixture``, which returns that handle.
+    When a selected test uses ``fixture``, the run starts as the session starts
+    (``head_started``). ``first`` runs start before the others, and then the session's own
+    processes give way to them (``YIELD_TO_FIRST``)."""
+    def register(start: Callable):
         HEAD_STARTS[fixture] = (start, first)
-        return start
+        return pytest.fixture(scope="module", name=fixture)(lambda head_started: head_started[fixture])
 
     return register
 

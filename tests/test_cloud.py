@@ -624,11 +624,6 @@ def start_cloud_jobs(request, tmp_path_factory) -> InThreads:
 
 
 @pytest.fixture(scope="module")
-def cloud_jobs(head_started) -> InThreads:
-    return head_started["cloud_jobs"]
-
-
-@pytest.fixture(scope="module")
 def s3_run(cloud_jobs) -> dict:
     return cloud_jobs.result("s3")
 

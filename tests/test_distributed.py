@@ -98,11 +98,6 @@ def start_ddp_runs(request, tmp_path_factory) -> InThreads:
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(head_started) -> InThreads:
-    return head_started["ddp_runs"]
-
-
-@pytest.fixture(scope="module")
 def runs(ddp_runs):
     return ddp_runs.result("runs")
 

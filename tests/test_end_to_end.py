@@ -33,7 +33,7 @@ def real_model_threads():
     torch.set_num_threads(before)
 
 
-@head_start("pipeline", first=True)
+@head_start("real_model_run", first=True)
 def start_real_model_run(request, tmp_path_factory) -> Background:
     """A clone and its ``dvc exp run``, started as the session starts (conftest: head_started).
     Beside other tests the run keeps to one thread (they take the other core); alone, it gets
@@ -44,10 +44,9 @@ def start_real_model_run(request, tmp_path_factory) -> Background:
 
 
 @pytest.fixture(scope="module")
-def pipeline(head_started):
-    run = head_started["pipeline"]
-    proc, seconds = run.result(check=True)
-    return run.cwd, proc, seconds
+def pipeline(real_model_run):
+    proc, seconds = real_model_run.result(check=True)
+    return real_model_run.cwd, proc, seconds
 
 
 def test_whole_dag_runs(pipeline):

@@ -153,11 +153,6 @@ def start_fault_runs(request, tmp_path_factory) -> InThreads:
 
 
 @pytest.fixture(scope="module")
-def fault_runs(head_started) -> InThreads:
-    return head_started["fault_runs"]
-
-
-@pytest.fixture(scope="module")
 def reference(fault_runs):
     return fault_runs.result("reference")
 
