@@ -313,14 +313,33 @@ class Background:
         self.pool.shutdown()
 
 
+# How much the runs in threads (InThreads) give way to the session's own tests. The session runs
+# its tests one at a time, and those that wait for no run (the fast tier, then the slow tests of
+# one process at a time) are most of its length: with the runs' processes on an equal footing
+# they had a fifth of a core while the runs went on, and then ran alone on one core of two, the
+# other idle, for four minutes. Behind the session, the runs take what it leaves, and the tests
+# that wait for them find them done or on both cores. A run named ``ahead`` does not give way:
+# a chain long enough to be the session's tail when it starts last (the preempted cloud job,
+# four machines one after another).
+YIELD_TO_SESSION = 5
+
+
 class InThreads:
     """Functions (of no arguments), each called in a thread of its own, that run while the tests
     go on: ``result(name)`` waits for one and returns its value (or raises its error);
-    ``stop()`` waits for them all."""
+    ``stop()`` waits for them all. Each thread but those named in ``ahead``, and every process
+    it starts, gives way to the session (``YIELD_TO_SESSION``: on Linux a thread's nice value is
+    its own, and a process inherits the one of the thread that started it)."""
 
-    def __init__(self, **calls: Callable):
+    def __init__(self, ahead: tuple[str, ...] = (), **calls: Callable):
         self.pool = ThreadPoolExecutor(len(calls))
-        self.futures = {name: self.pool.submit(call) for name, call in calls.items()}
+        self.futures = {name: self.pool.submit(self.niced, 0 if name in ahead else YIELD_TO_SESSION, call)
+                        for name, call in calls.items()}
+
+    @staticmethod
+    def niced(increment: int, call: Callable):
+        os.nice(increment)
+        return call()
 
     def result(self, name: str):
         return self.futures[name].result()

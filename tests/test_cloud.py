@@ -620,7 +620,7 @@ def start_cloud_jobs(request, tmp_path_factory) -> InThreads:
     thread of its own: a chain of processes that goes on beside the other tests."""
     model = request.getfixturevalue("tiny_model")
     s3, local = tmp_path_factory.mktemp("s3"), tmp_path_factory.mktemp("local")
-    return InThreads(s3=lambda: s3_job(s3, model), local=lambda: preempted_job(local, model))
+    return InThreads(s3=lambda: s3_job(s3, model), local=lambda: preempted_job(local, model), ahead=("local",))
 
 
 @pytest.fixture(scope="module")
