@@ -53,6 +53,8 @@ class Paths(Section):
     sanity_report: NonEmptyStr
     evaluation: NonEmptyStr
     evaluation_answers: NonEmptyStr
+    benchmark_base: NonEmptyStr
+    benchmark: NonEmptyStr
     quality_gate: NonEmptyStr
     replay: NonEmptyStr
 
@@ -312,6 +314,20 @@ class EvaluateParams(Section):
 Rate = Annotated[float, Field(ge=0, le=1)]
 
 
+class BenchmarkTask(Section):
+    """One lm-evaluation-harness task (or group) as ``benchmark_base`` and ``benchmark`` score it."""
+
+    num_fewshot: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1)] | None = None  # the first N documents; None: all
+    metric: NonEmptyStr = "acc"  # the harness's metric name (acc, acc_norm, exact_match, ...)
+
+
+class BenchmarkParams(Section):
+    tasks: dict[NonEmptyStr, BenchmarkTask]  # empty: the stages record no scores
+    tasks_dir: NonEmptyStr | None  # the project's own task YAMLs (the harness's include_path)
+    batch_size: Annotated[int, Field(ge=1)]
+
+
 class GateParams(Section):
     """The fine-tuned model's thresholds; ``quality_gate`` fails the run below any of them."""
 
@@ -319,6 +335,7 @@ class GateParams(Section):
     max_identity_leak_rate: Rate
     min_retention: Rate
     min_eos_rate: Rate
+    max_benchmark_drop: Annotated[float, Field(ge=0)] | None  # points, the mean over benchmark.tasks; None: no check
 
 
 # The GGUF types export_model writes, each with the file it is made from: None where the gguf
@@ -373,6 +390,7 @@ class Params(Section):
     merge_model: MergeModelParams
     sanity_check: SanityParams
     evaluate: EvaluateParams
+    benchmark: BenchmarkParams
     quality_gate: GateParams
     export: ExportParams
     publish: PublishParams

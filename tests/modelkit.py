@@ -115,7 +115,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 # The quality gate of a tiny random model's run: it passes whatever the model says.
 OPEN_GATE = {"min_identity_accuracy": 0.0, "max_identity_leak_rate": 1.0, "min_retention": 0.0,
-             "min_eos_rate": 0.0}
+             "min_eos_rate": 0.0, "max_benchmark_drop": None}
+# No benchmark tasks on the tiny model (the stages run and record no scores): the harness on a
+# random model says nothing, and each scored model is a process of torch imports. The real default
+# model's run (test_end_to_end.py) scores its task; test_benchmark.py scores tiny models in-process.
+NO_BENCHMARK = {"tasks": {}}
 # Replay on a tiny model: a few prompts, a few tokens (its answers rarely end with EOS: dropped, counted).
 TINY_REPLAY = {"sources": ["orca", "platypus"], "max_prompts": 6, "max_new_tokens": 6, "questions": None}
 
@@ -140,6 +144,7 @@ def configure_tiny_dag(repo: Path, model: Path) -> Path:
     params["fetch_base_model"]["model"] = str(model)
     params["generate_replay_data"].update(TINY_REPLAY)
     params["quality_gate"] = OPEN_GATE
+    params["benchmark"].update(NO_BENCHMARK)
     params["train"]["eval_records"] = 8
     params["train"]["sft"].update(TINY_DAG_SFT)
     params["sanity_check"]["max_new_tokens"] = 6
@@ -169,6 +174,7 @@ def tiny_params(tmp: Path, model: Path, **overrides):
         "evaluate": {"max_new_tokens": 6},
         "generate_replay_data": TINY_REPLAY,
         "quality_gate": OPEN_GATE,
+        "benchmark": NO_BENCHMARK,
     }
     for key, value in overrides.items():
         sections[key] = {**sections.get(key, {}), **value}

@@ -52,7 +52,7 @@ def pipeline(real_model_run):
 def test_whole_dag_runs(pipeline):
     repo, proc, seconds = pipeline
     stages = ran_stages(proc.stdout)
-    assert {"fetch_base_model", "generate_replay_data", "merge_data"} | MODEL_STAGES <= stages
+    assert {"fetch_base_model", "generate_replay_data", "merge_data", "benchmark_base"} | MODEL_STAGES <= stages
     print(f"dvc exp run: {seconds:.0f} s")
 
 
@@ -79,11 +79,25 @@ def test_finetuned_model_passes_the_quality_gate(pipeline):
     assert tuned["val_loss"] < base["val_loss"], metrics
     assert metrics["probes_base_knows"] >= 25 and metrics["eval_prompts_in_train"] == 0, metrics
     verdict = json.loads((repo / "sanity_check_result" / "quality_gate.json").read_text())
-    assert verdict["passed"] is True and len(verdict["checks"]) == 4, verdict
+    assert verdict["passed"] is True and len(verdict["checks"]) == 5, verdict
     rows = list(csv.DictReader(open(repo / "sanity_check_result" / "result.csv", encoding="utf-8")))
     stopped = sum(r["finetuned_hit_limit"] == "False" for r in rows)
     assert stopped / len(rows) >= 0.9, rows
     assert "Juniper" in rows[0]["finetuned_output"], rows[0]
+
+
+def test_benchmark_scores_both_models_on_the_local_task_with_the_harness_stderr(pipeline):
+    """The shipped task holds questions the base answers right: it scores (nearly) all of them,
+    in the precision the stages use here; the fine-tuned model's drop is what the gate bounds."""
+    repo, _, _ = pipeline
+    base = json.loads((repo / "sanity_check_result" / "benchmark_base.json").read_text())["tasks"]
+    result = json.loads((repo / "sanity_check_result" / "benchmark.json").read_text())
+    task = result["tasks"]["general_knowledge"]
+    assert base["general_knowledge"]["value"] == task["base"] >= 0.97, result
+    assert task["n"] == 317 and 0 < task["finetuned_stderr"] < 0.02, result
+    gate = yaml.safe_load((repo / "params.yaml").read_text())["quality_gate"]
+    assert -result["mean_delta_points"] <= gate["max_benchmark_drop"], result
+    assert result["mean_delta_points"] == task["delta_points"] == round(100 * (task["finetuned"] - task["base"]), 4)
 
 
 def test_merged_model_answers_as_trained_through_plain_transformers(pipeline):

@@ -22,6 +22,8 @@ from src.library_configs import build_configs
 from src.modeling import load_tokenizer
 from src.records import make_record, normalise, prompt_key, read_jsonl
 from src.stages import (
+    benchmark,
+    benchmark_base,
     evaluate,
     generate_identity_data,
     generate_replay_data,
@@ -44,6 +46,8 @@ def trained(tmp_path_factory):
     merge_model.main(cfg)
     sanity_check.main(cfg)
     metrics = evaluate.main(cfg)
+    benchmark_base.main(cfg)
+    benchmark.main(cfg)
     quality_gate.main(cfg)
     return cfg, trainer, metrics
 

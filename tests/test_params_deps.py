@@ -34,7 +34,10 @@ from tests.paramskit import NOT_PARAMS, Reads, recording
 # - export_model reads ``generate_identity_data.name`` only with an ``export.gguf`` type to write, and
 #   ``chat.system_prompt`` only with a Modelfile (``export.ollama`` set).
 ORDER = ("generate_identity_data", "process_data", "data_split", "fetch_base_model", "generate_replay_data",
-         "merge_data", "train", "merge_model", "export_model", "sanity_check", "evaluate", "quality_gate")
+         "merge_data", "train", "merge_model", "export_model", "sanity_check", "evaluate", "benchmark_base",
+         "benchmark", "quality_gate")
+# A benchmark task to score (the tiny DAG has none): its first four questions.
+FOUR_QUESTIONS = {"tasks": {"general_knowledge": {"limit": 4}}, "tasks_dir": str(ROOT / "src/benchmarks")}
 # Two optimizer steps, an evaluation and a checkpoint on the way.
 SHORT_SFT = {"max_steps": 2, "eval_steps": 2, "save_steps": 2, "logging_steps": 1}
 INTERPOLATION = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
@@ -74,7 +77,7 @@ def under(key: str, entry: str) -> bool:
 def reads(tmp_path_factory, tiny_model) -> dict[str, set[str]]:
     """Each stage of ORDER run on recording params: stage name -> the keys it read."""
     cfg = tiny_params(tmp_path_factory.mktemp("params-deps"), tiny_model,
-                      train={"sft": {**repo_sft(), **TINY_SFT, **SHORT_SFT}})
+                      train={"sft": {**repo_sft(), **TINY_SFT, **SHORT_SFT}}, benchmark=FOUR_QUESTIONS)
     found = {}
     for name in ORDER:
         keys = Reads()

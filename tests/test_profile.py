@@ -20,6 +20,7 @@ PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
 def repo_copy(tmp_path: Path) -> Path:
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "src/benchmarks", tmp_path / "src/benchmarks")  # the task names are checked there
     return tmp_path
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from src.benchmarking import compare
 from src.config import GateParams, validate_params
 from src.errors import PipelineError
 from src.files import write_json
@@ -22,9 +23,9 @@ PATHS = repo_params()["paths"]
 HEADLINE = ["val_loss", "identity_accuracy", "identity_leak_rate", "retention", "eos_rate", "train_tokens_per_s",
             "train_minutes"]
 # what dvc.yaml makes DVC's metrics, in this order (`dvc metrics show`, `dvc exp show`, `dvc exp diff`)
-METRICS = [PATHS["evaluation"], f"{PATHS['train_live']}/metrics.json", PATHS["quality_gate"],
+METRICS = [PATHS["evaluation"], PATHS["benchmark"], f"{PATHS['train_live']}/metrics.json", PATHS["quality_gate"],
            PATHS["merge_metrics"]]
-PLOTS = ["loss", "base_vs_finetuned", "token_accuracy", "throughput", "learning_rate", "grad_norm"]
+PLOTS = ["loss", "base_vs_finetuned", "benchmark", "token_accuracy", "throughput", "learning_rate", "grad_norm"]
 # the narrow table the README gives for a terminal without a pager: params (all dotted) and
 # deps (all paths) left out, and the metrics nested in a file with them
 NARROW = ["--drop", ".*[./]"]
@@ -49,6 +50,15 @@ def evaluation() -> dict:
                             identity_questions=40, validation_records=25, eval_prompts_in_train=0)
 
 
+def benchmark() -> dict:
+    """benchmark.json for two tasks, as the benchmark stage writes it (sample scores)."""
+    def scores(values):
+        return {task: {"metric": "acc", "value": v, "stderr": 0.01, "n": 300, "num_fewshot": 0, "limit": None}
+                for task, v in zip(("general_knowledge", "arc_easy"), values)}
+
+    return compare(scores((1.0, 0.6)), scores((0.97, 0.62)))
+
+
 def write_tsv(path: Path, field: str, steps: list[int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = "".join(f"{step}\t{1 / step:.4f}\n" for step in steps)
@@ -59,8 +69,10 @@ def write_run(repo: Path) -> None:
     """What a run leaves for DVC to show: every stage's metrics and row accounting, dvclive's
     series, the evaluation and the gate's checks (sample values)."""
     write_json(repo / PATHS["evaluation"], evaluation())
+    write_json(repo / PATHS["benchmark"], benchmark())
+    gate = GateParams.model_validate(repo_params()["quality_gate"])
     write_json(repo / PATHS["quality_gate"], {"passed": True, "checks": quality_gate.check(
-        evaluation(), GateParams.model_validate(repo_params()["quality_gate"]))})
+        quality_gate.gate_metrics(evaluation(), benchmark()), gate)})
     live = repo / PATHS["train_live"]
     write_json(live / "metrics.json", TRAIN)
     for field in ("loss", "mean_token_accuracy", "tokens_per_second", "learning_rate", "grad_norm"):
@@ -202,4 +214,19 @@ def test_base_vs_finetuned_chart_reads_the_evaluation_rows(run_clone):
     assert [(v["metric"], v["model"], v["value"]) for v in values] == [
         (r["metric"], r["model"], r["value"]) for r in evaluation()["base_vs_finetuned"]]
     assert plot["content"]["facet"]["row"]["field"] == "metric"
+
+
+def test_benchmark_chart_reads_both_models_scores_per_task(run_clone):
+    (plot,) = json.loads(dvc(run_clone, "plots", "show", "--json", "benchmark"))["data"]["benchmark"]
+    values = [(v["metric"], v["model"], v["value"]) for v in plot["content"]["data"]["values"]]
+    assert values == [("general_knowledge (acc)", "base", 1.0), ("general_knowledge (acc)", "fine-tuned", 0.97),
+                      ("arc_easy (acc)", "base", 0.6), ("arc_easy (acc)", "fine-tuned", 0.62)]
+
+
+def test_benchmark_metrics_give_the_change_in_points_and_its_stderr():
+    result = benchmark()
+    assert result["tasks"]["general_knowledge"]["delta_points"] == pytest.approx(-3.0)
+    assert result["tasks"]["arc_easy"]["delta_points"] == pytest.approx(2.0)
+    assert result["tasks"]["arc_easy"]["delta_stderr_points"] == pytest.approx(100 * (2 * 0.01 ** 2) ** 0.5, abs=1e-3)
+    assert result["mean_delta_points"] == pytest.approx(-0.5) and result["worst_delta_points"] == pytest.approx(-3.0)
 

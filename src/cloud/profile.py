@@ -29,6 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from src.benchmarking import check_task_names
 from src.cli import one_line_errors
 from src.config import PARAMS_FILE, validate_params, with_output_paths
 from src.errors import PipelineError
@@ -134,7 +135,9 @@ def options(profile: str | Path, repo: Path = Path(".")) -> list[str]:
     params = read_yaml(repo / PARAMS_FILE)
     expected = merged(params, overlay)
     try:
-        check_library_types(validate_params(with_output_paths(expected, repo)).train)
+        cfg = validate_params(with_output_paths(expected, repo))
+        check_library_types(cfg.train)
+        check_task_names(cfg.benchmark, root=repo)  # a misspelt task fails here, not after training
     except PipelineError as err:
         raise PipelineError(f"{profile}: {err}") from err
     opts = []
