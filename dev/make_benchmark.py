@@ -1,5 +1,5 @@
 """Write the local benchmark task the CPU default scores the base and the fine-tuned model on
-(the benchmark stages, docs/evaluation.md): general-knowledge multiple choice, four choices a
+(the benchmark stages, docs/training.md): general-knowledge multiple choice, four choices a
 question, every question and every wrong choice built here from the tables below (nothing is
 copied from a published test set).
 

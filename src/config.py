@@ -51,6 +51,7 @@ class Paths(Section):
     export: NonEmptyStr
     sanity_results: NonEmptyStr
     sanity_report: NonEmptyStr
+    evaluation_base: NonEmptyStr
     evaluation: NonEmptyStr
     evaluation_answers: NonEmptyStr
     benchmark_base: NonEmptyStr

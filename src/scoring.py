@@ -56,7 +56,8 @@ class Probe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["facts", "attribution", "arithmetic", "units", "language", "code"]
+    kind: Literal["facts", "attribution", "arithmetic", "units", "language", "code", "geography", "science", "animals",
+                  "calendar"]
     question: Annotated[str, Field(min_length=1)]
     answers: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
 

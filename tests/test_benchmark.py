@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from src import gate as quality_gate
 from src.benchmarking import check_task_names, compare, right_answers, score_folder
-from src.config import BenchmarkParams
+from src.config import BenchmarkParams, GateParams
 from src.errors import PipelineError
-from src.stages import quality_gate
 from tests.conftest import ROOT, repo_params
 from tests.modelkit import tiny_params
 
@@ -41,6 +41,27 @@ def test_the_shipped_task_is_the_generators_and_well_formed():
     assert all(len(set(row["choices"])) == 4 and 0 <= row["answer"] < 4 for row in SHIPPED)
     worst = 0.9  # stderr is largest at 0.5; the fine-tuned default answers about 95% right
     assert 100 * math.sqrt(worst * (1 - worst) / (len(SHIPPED) - 1)) < 2
+
+
+def test_the_shipped_probes_are_the_hand_written_then_the_generators_none_answered_by_its_own_question():
+    """src/prompts/retention.yaml: the hand-written probes above the mark, then only probes
+    dev/make_probes.py writes, none a replay question (those are trained on), none whose question
+    matches its own answer patterns (an echo is no answer); 200 or more of them."""
+    import random
+    import re
+
+    spec = importlib.util.spec_from_file_location("make_probes", ROOT / "dev/make_probes.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    text = (ROOT / "src/prompts/retention.yaml").read_text(encoding="utf-8")
+    above, below = (yaml.safe_load(part) for part in text.split(maker.MARK))
+    generated = {p["question"]: p for p in maker.candidates(random.Random(0))}
+    assert all(generated.get(p["question"]) == p for p in below)
+    probes = above + below
+    assert len({p["question"].casefold() for p in probes}) == len(probes) >= 200
+    replay = {q.casefold() for q in yaml.safe_load((ROOT / "src/prompts/replay.yaml").read_text())}
+    assert not [p["question"] for p in probes if p["question"].casefold() in replay]
+    assert not [p["question"] for p in probes if any(re.search(a, p["question"], re.I) for a in p["answers"])]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +154,7 @@ def test_the_gpu_profiles_name_tasks_the_pinned_harness_has():
 
 
 def test_the_gate_fails_on_a_mean_drop_past_its_threshold_with_one_line():
-    gate = quality_gate.GateParams.model_validate({**repo_params()["quality_gate"], "max_benchmark_drop": 2.0})
+    gate = GateParams.model_validate({**repo_params()["quality_gate"], "max_benchmark_drop": 2.0})
     evaluation = {"finetuned": {"identity_accuracy": 1.0, "identity_leak_rate": 0.0, "eos_rate": 1.0},
                   "retention": 1.0}
     scores = {"metric": "acc", "stderr": 0.01, "n": 300, "num_fewshot": 0, "limit": None}

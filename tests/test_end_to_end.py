@@ -77,7 +77,8 @@ def test_finetuned_model_passes_the_quality_gate(pipeline):
     assert metrics["retention"] >= gate["min_retention"], metrics
     assert tuned["eos_rate"] >= gate["min_eos_rate"], metrics
     assert tuned["val_loss"] < base["val_loss"], metrics
-    assert metrics["probes_base_knows"] >= 25 and metrics["eval_prompts_in_train"] == 0, metrics
+    # enough probes the base knows that one answer moves retention by at most 0.005
+    assert metrics["probes_base_knows"] >= 200 and metrics["eval_prompts_in_train"] == 0, metrics
     verdict = json.loads((repo / "sanity_check_result" / "quality_gate.json").read_text())
     assert verdict["passed"] is True and len(verdict["checks"]) == 5, verdict
     rows = list(csv.DictReader(open(repo / "sanity_check_result" / "result.csv", encoding="utf-8")))

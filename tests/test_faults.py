@@ -23,6 +23,7 @@ import random
 import re
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,11 +105,15 @@ def reference_chain(tmp: Path, model: Path) -> tuple[Path, list, Path, dict]:
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = shutil.copytree(repo, tmp / "again", symlinks=True)
     reruns = {"same": run_cli(["dvc", "exp", "run"], again, check=True)}
-    # a gate the tiny model cannot pass, deferred: the failure is recorded and the run goes on
-    reruns["changed"] = run_cli(["dvc", "exp", "run", "-S", f"train.sft.max_steps={MAX_STEPS - 1}",
-                                 "-S", "quality_gate.min_identity_accuracy=1.0"], again, check=True,
-                                env={"QUALITY_GATE": "defer"})
-    return repo, log, record, reruns
+    # a seed sweep through DVC's queue, as the README gives it: seed 0 is the run above (only the
+    # gate reruns), seed 1 a training change (the model stages run, no others); a gate the tiny
+    # model cannot pass, deferred: each failure is recorded and the runs go on
+    run_cli(["dvc", "exp", "run", "--queue", "-S", "train.seed=range(0,2)",
+             "-S", "quality_gate.min_identity_accuracy=1.0"], again, check=True)
+    reruns["changed"] = run_cli(["dvc", "exp", "run", "--run-all"], again, check=True, env={"QUALITY_GATE": "defer"})
+    reruns["sweep"] = run_cli([sys.executable, "-m", "src.sweep", "--gate"], again)
+    reruns["shown"] = json.loads(run_cli(["dvc", "exp", "show", "--json"], again, check=True).stdout)
+    return repo, log, record, reruns | {"again": again}
 
 
 def faulted_chain(tmp: Path, model: Path) -> tuple[Path, list, dict, tuple[int, int, int]]:
@@ -267,9 +272,44 @@ def test_the_scan_finds_a_credential_inside_git_objects(tmp_path):
 def test_a_second_run_is_a_no_op_and_a_training_change_reruns_only_the_model_stages(reference):
     *_, reruns = reference
     assert ran_stages(reruns["same"].stdout) == set(), reruns["same"].stdout
-    changed = reruns["changed"]
+    changed = reruns["changed"]  # the two seeds of the sweep, run by the queue
     assert ran_stages(changed.stdout) == MODEL_STAGES, changed.stdout
-    assert "quality gate failed" in changed.stderr + changed.stdout  # deferred: recorded, the run went on
+    assert changed.stdout.count("quality gate failed") == 2  # deferred: recorded, the runs went on
+
+
+def swept(shown: list[dict]) -> list[tuple[dict, dict]]:
+    """The experiments ``dvc exp show --json`` lists: their params and evaluation metrics."""
+    return [(exp["revs"][0]["data"]["params"]["params.yaml"]["data"],
+             exp["revs"][0]["data"]["metrics"][PATHS["evaluation"]]["data"])
+            for baseline in shown for exp in baseline.get("experiments") or []]
+
+
+@pytest.mark.slow
+def test_a_seed_sweep_through_the_queue_reports_its_spread_and_the_seeds_failing_the_gate(reference):
+    repo, *_, reruns = reference
+    found = swept(reruns["shown"])  # the two seeds, and the unchanged rerun (an experiment too)
+    runs = {params["train"]["seed"]: metrics for params, metrics in found
+            if params["quality_gate"]["min_identity_accuracy"] == 1.0}
+    assert sorted(runs) == [0, 1] and len(found) == 3
+    # seed 0 is the committed run again: the same model, the same figures (DVC's metrics skip the chart's list)
+    committed = json.loads((repo / PATHS["evaluation"]).read_text())
+    assert runs[0] == {k: v for k, v in committed.items() if not isinstance(v, list)}
+    proc = reruns["sweep"]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: the quality gate fails on 2 of the 3 experiments: sweep 1 seed 0 ("), proc.stderr[-3000:]
+    sweep, rerun = json.loads((reruns["again"] / "sanity_check_result/sweep/sweep.json").read_text())["sweeps"]
+    # the sweep, then the rerun apart: its params differ in the gate's threshold alone
+    assert rerun["seeds"] == ["0"] and rerun["params_apart"] == {"quality_gate.min_identity_accuracy": 0.0}
+    assert not rerun["failing_seeds"]
+    assert sweep["seeds"] == ["0", "1"] and set(sweep["failing_seeds"]) == {"0", "1"}
+    for metric in ("retention", "identity_leak_rate", "val_loss"):
+        values = [runs[0][metric], runs[1][metric]]
+        assert sweep["spread"][metric]["mean"] == pytest.approx(sum(values) / 2, abs=1e-4)
+        assert sweep["spread"][metric]["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)
+    assert not sweep["worst_seed_gate"]["finetuned.identity_accuracy"]["passed"]
+    page = (reruns["again"] / "sanity_check_result/sweep/plots/index.html").read_text()
+    assert "Headline metrics over the seeds" in page and '"seed": "1"' in page
 
 
 @pytest.mark.slow

@@ -124,10 +124,11 @@ def test_stopped_qlora_run_resumes_to_the_same_adapter(gpu_run, monkeypatch):
 
 
 def test_merge_sanity_check_and_evaluate_on_gpu(gpu_run):
-    from src.stages import evaluate, merge_model, sanity_check
+    from src.stages import evaluate, evaluate_base, merge_model, sanity_check
 
     cfg, _ = gpu_run
     merge_model.main(cfg)
     sanity_check.main(cfg)
+    evaluate_base.main(cfg)
     metrics = evaluate.main(cfg)
     assert metrics["finetuned"]["val_loss"] < metrics["base"]["val_loss"]

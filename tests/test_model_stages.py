@@ -25,6 +25,7 @@ from src.stages import (
     benchmark,
     benchmark_base,
     evaluate,
+    evaluate_base,
     generate_identity_data,
     generate_replay_data,
     merge_model,
@@ -45,6 +46,7 @@ def trained(tmp_path_factory):
     trainer = train.main(cfg)
     merge_model.main(cfg)
     sanity_check.main(cfg)
+    evaluate_base.main(cfg)
     metrics = evaluate.main(cfg)
     benchmark_base.main(cfg)
     benchmark.main(cfg)
@@ -247,6 +249,25 @@ def test_evaluation_metrics(trained):
     assert metrics["identity_questions"] > 0
 
 
+def test_evaluate_takes_the_base_from_evaluate_base_and_refuses_answers_to_other_questions(trained, tmp_path):
+    cfg, _, metrics = trained
+    kept = json.loads(Path(cfg.paths.evaluation_base).read_text())
+    assert metrics["base"] == kept["metrics"]  # the base is asked once, by evaluate_base
+    probes = scoring.load_probes(cfg.evaluate.retention_probes)
+    assert kept["questions"]["probes"] == [p.question for p in probes]
+    assert len(kept["answers"]["probes_system"]) == len(probes)  # asked twice: with the system prompt too
+    kept["questions"]["probes"][0] = "Another question?"
+    stale = tmp_path / "evaluation_base.json"
+    stale.write_text(json.dumps(kept))
+    other = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={
+        "evaluation_base": str(stale), "evaluation": str(tmp_path / "e.json"),
+        "evaluation_answers": str(tmp_path / "a.jsonl")})})
+    with pytest.raises(PipelineError, match=f"^{stale}: the base's answers are to other questions than these "
+                                            r"\(rerun the evaluate_base stage"):
+        evaluate.main(other)
+    assert not (tmp_path / "e.json").exists()
+
+
 def test_evaluation_counts_no_evaluation_prompt_in_training(trained):
     cfg, _, metrics = trained
     # held-out identity wordings, retention probes and sanity prompts are all unseen in training
@@ -362,8 +383,9 @@ def test_leaks(question, answer, leaked):
 
 def test_probes_load_and_score(tmp_path):
     probes = scoring.load_probes(ROOT / "src/prompts/retention.yaml")
-    assert len(probes) >= 40 and {p.kind for p in probes} == {"facts", "attribution", "arithmetic", "units",
-                                                               "language", "code"}
+    assert len(probes) >= 200 and {p.kind for p in probes} == {"facts", "attribution", "arithmetic", "units",
+                                                                "language", "code", "geography", "science",
+                                                                "animals", "calendar"}
     assert sum(p.kind == "attribution" for p in probes) >= 20
     assert len({normalise(p.question) for p in probes}) == len(probes)
     france = next(p for p in probes if "France" in p.question)

@@ -34,8 +34,8 @@ from tests.paramskit import NOT_PARAMS, Reads, recording
 # - export_model reads ``generate_identity_data.name`` only with an ``export.gguf`` type to write, and
 #   ``chat.system_prompt`` only with a Modelfile (``export.ollama`` set).
 ORDER = ("generate_identity_data", "process_data", "data_split", "fetch_base_model", "generate_replay_data",
-         "merge_data", "train", "merge_model", "export_model", "sanity_check", "evaluate", "benchmark_base",
-         "benchmark", "quality_gate")
+         "merge_data", "train", "merge_model", "export_model", "sanity_check", "evaluate_base", "evaluate",
+         "benchmark_base", "benchmark", "quality_gate")
 # A benchmark task to score (the tiny DAG has none): its first four questions.
 FOUR_QUESTIONS = {"tasks": {"general_knowledge": {"limit": 4}}, "tasks_dir": str(ROOT / "src/benchmarks")}
 # Two optimizer steps, an evaluation and a checkpoint on the way.

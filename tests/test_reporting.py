@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from src import gate as quality_gate
 from src.benchmarking import compare
 from src.config import GateParams, validate_params
 from src.errors import PipelineError
+from src.evaluation import SCORING_SFT_KEYS, validation_loss
 from src.files import write_json
-from src.stages import evaluate, quality_gate
+from src.stages import evaluate
 from tests.conftest import make_clone, repo_params, run_cli
 
 PATHS = repo_params()["paths"]
@@ -156,8 +158,8 @@ def test_validation_loss_scores_with_the_length_and_batch_training_used(monkeypa
                           ({"learning_rate": 1.0}, {})):
         train = cfg.train.model_copy(update={"sft": sft})
         with pytest.raises(Stop):
-            evaluate.validation_loss(None, None, [], cfg.model_copy(update={"train": train}))
-        assert {k: v for k, v in seen[-1].items() if k in evaluate.SCORING_SFT_KEYS} == expected
+            validation_loss(None, None, [], cfg.model_copy(update={"train": train}))
+        assert {k: v for k, v in seen[-1].items() if k in SCORING_SFT_KEYS} == expected
         assert "learning_rate" not in seen[-1]
 
 

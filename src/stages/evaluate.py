@@ -2,7 +2,9 @@
 
 Every question is asked greedily with no system message, through each model folder's own
 chat template, as any client (transformers, llama.cpp, Ollama, vLLM) asks it, and its answer
-scored by src/scoring.py:
+scored by src/scoring.py (src/evaluation.py asks). The base model's answers and metrics come from
+``paths.evaluation_base`` (the ``evaluate_base`` stage: they depend on the base, the validation
+set and the questions, not on training); the fine-tuned model's are asked here:
 
 * ``val_loss``: assistant-turn loss on the whole validation set (scored by TRL as in training);
 * ``identity_accuracy`` (strict) on the held-out identity questions: the validation set's
@@ -45,113 +47,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import tempfile
 from pathlib import Path
 
-from src.chat import conversation, supervised_ids, training_example
 from src.cli import run
 from src.config import IDENTITY_SOURCE, Params
 from src.errors import PipelineError
+from src.evaluation import known, load_answers, questions, retention, score
 from src.files import open_atomic, read_json, write_json
-from src.generation import Answer, generate
-from src.modeling import compute_dtype, device_kind, load_for_inference
 from src.records import Record, normalise, prompt_key, read_jsonl
-from src.scoring import (
-    IdentityCheck,
-    Probe,
-    identity_checks,
-    identity_correct,
-    leaks,
-    load_probes,
-    mentions,
-    other_terms,
-    record_check,
-    share,
-)
+from src.scoring import IdentityCheck, Probe, identity_checks, load_probes
 
 log = logging.getLogger(__name__)
-
-SCORING_SFT_KEYS = ("max_length", "per_device_eval_batch_size")
-
-
-def validation_loss(model, tokenizer, examples: list[dict], cfg: Params) -> float:
-    """Mean loss on the assistant turns, computed by TRL as during training."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    # the length limit and eval batch size training used: train.sft's when set, else TRL's own
-    # default, as SFTConfig(**train.sft) gives training (train.sft is free-form: no key is certain)
-    as_training = {key: cfg.train.sft[key] for key in SCORING_SFT_KEYS if key in cfg.train.sft}
-    with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(output_dir=tmp, report_to="none", use_cpu=device_kind() == "cpu",
-                         bf16=False, fp16=False, **as_training)
-        # TRL insists on a train set; nothing is trained
-        data = Dataset.from_list([supervised_ids(tokenizer, e) for e in examples])
-        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                             train_dataset=data, eval_dataset=data)
-        return float(trainer.evaluate()["eval_loss"])
-
-
-def user_turn(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def score(model_dir: str, cfg: Params, val: list[Record], unseen: list[IdentityCheck], probes: list[Probe],
-          label: str, base: bool = False) -> tuple[dict, dict]:
-    """One model's metrics, and its answers by kind (``identity`` (the validation records'),
-    ``unseen`` (``evaluate.identity_questions``), ``probes``, ``other``; for the ``base``, also
-    ``probes_system``: the probes asked with ``chat.system_prompt`` first)."""
-    ev, ident = cfg.evaluate, cfg.generate_identity_data
-    tokenizer, model = load_for_inference(model_dir, compute_dtype(cfg.train.precision),
-                                          cfg.fetch_base_model.trust_remote_code)
-    loss = validation_loss(model, tokenizer, [training_example(r, cfg.chat.system_prompt) for r in val], cfg)
-    identity = [r for r in val if r.source == IDENTITY_SOURCE]
-    other = [r for r in val if r.source != IDENTITY_SOURCE]
-    asked = {"identity": [[t.model_dump() for t in r.prompt] for r in identity],
-             "unseen": [user_turn(c.question) for c in unseen],
-             "probes": [user_turn(p.question) for p in probes],
-             "other": [[t.model_dump() for t in r.prompt] for r in other]}
-    if base and cfg.chat.system_prompt is not None:
-        asked["probes_system"] = [conversation(user_turn(p.question), cfg.chat.system_prompt) for p in probes]
-    answers = generate(model, tokenizer, [c for kind in asked.values() for c in kind], ev.max_new_tokens,
-                       ev.batch_size, desc=f"{label}: answers")
-    by_kind, start = {}, 0
-    for kind, conversations in asked.items():
-        by_kind[kind], start = answers[start:start + len(conversations)], start + len(conversations)
-    others = other_terms(ident)
-    templates = [identity_correct(record_check(r, ident), a.text, others)
-                 for r, a in zip(identity, by_kind["identity"])]
-    worded = [identity_correct(c, a.text, others) for c, a in zip(unseen, by_kind["unseen"])]
-    identity_answers = by_kind["identity"] + by_kind["unseen"]
-    non_identity = [(p.question, a) for p, a in zip(probes, by_kind["probes"])]
-    non_identity += [(r.prompt[-1].content, a) for r, a in zip(other, by_kind["other"])]
-    metrics = {
-        "val_loss": round(loss, 4), "val_perplexity": round(math.exp(min(loss, 50.0)), 3),
-        "identity_accuracy": share(templates + worded),
-        "identity_accuracy_templates": share(templates), "identity_accuracy_unseen": share(worded),
-        "identity_name_rate": share([mentions(a.text, ident.name) for a in identity_answers]),
-        "identity_leak_rate": share([leaks(q, a.text, ident.name, ident.creator) for q, a in non_identity]),
-        "probe_accuracy": share([p.right(a.text) for p, a in zip(probes, by_kind["probes"])]),
-        "eos_rate": share([a.ended_with_eos for a in identity_answers]),
-        "probe_eos_rate": share([a.ended_with_eos for a in by_kind["probes"]]),
-    }
-    return metrics, by_kind
-
-
-def known(probes: list[Probe], base: dict[str, list[Answer]]) -> list[bool]:
-    """Per probe, whether the base knows it: right through its own template, and right with
-    ``chat.system_prompt`` too where one is set."""
-    ways = [base["probes"]] + ([base["probes_system"]] if "probes_system" in base else [])
-    return [all(p.right(answers[i].text) for answers in ways) for i, p in enumerate(probes)]
-
-
-def retention(probes: list[Probe], known: list[bool], tuned: list[Answer]) -> tuple[float, int]:
-    """The share of the probes the base knows that the fine-tuned model answers right, and how
-    many the base knows (1.0 when it knows none)."""
-    kept = [p.right(t.text) for p, k, t in zip(probes, known, tuned) if k]
-    return (round(sum(kept) / len(kept), 4) if kept else 1.0), len(kept)
-
 
 def prompts_in_train(train_path: str, questions: list[str]) -> int:
     """How many of ``questions`` occur (normalised) as a user turn of a training record."""
@@ -242,7 +148,7 @@ def main(cfg: Params) -> dict:
                     "generalisation", in_train, len(asked), paths.train)
     log.info("scoring %d validation records (%d held-out identity templates), %d unseen identity wordings and "
              "%d retention probes", len(val), n_identity, len(unseen), len(probes))
-    base, base_answers = score(paths.base_model, cfg, val, unseen, probes, "base", base=True)
+    base, base_answers = load_answers(paths.evaluation_base, questions(val, unseen, probes))
     tuned, tuned_answers = score(paths.merged_model, cfg, val, unseen, probes, "fine-tuned")
     base_knows = known(probes, base_answers)
     kept, n_known = retention(probes, base_knows, tuned_answers["probes"])
