@@ -72,7 +72,9 @@ def experiments(repo: Path = Path("."), names: list[str] | None = None) -> list[
         for exp in baseline.get("experiments") or []:
             if exp.get("executor") and exp["executor"].get("state") not in (None, "success"):
                 continue  # still running
-            found += [rev for rev in exp["revs"] if not rev.get("error")]
+            tip = exp["revs"][0]  # the experiment's last commit
+            if not tip.get("error"):
+                found.append(tip)
     if names:
         missing = sorted(set(names) - {rev["name"] for rev in found})
         if missing:
