@@ -4,6 +4,7 @@ tests wait for them, last)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import _pytest.logging
 import pytest
 import yaml
 
@@ -40,6 +42,20 @@ os.environ.update(OFFLINE)
 # (test_end_to_end.py) gets the threads it would have had (None: torch's default).
 REAL_MODEL_THREADS = os.environ.get("OMP_NUM_THREADS")
 os.environ["OMP_NUM_THREADS"] = "1"
+
+# As each phase of a test starts, pytest's log capture walks logging's table of loggers without
+# the lock that logging takes to add one (_pytest.logging.catching_logs.__enter__, pytest 9): a
+# run in a thread (head_start) that makes a logger then fails the phase with "dictionary changed
+# size during iteration". The walk is made under that lock.
+_enter_catching_logs = _pytest.logging.catching_logs.__enter__
+
+
+def _catching_logs_under_the_lock(self):
+    with logging._lock:
+        return _enter_catching_logs(self)
+
+
+_pytest.logging.catching_logs.__enter__ = _catching_logs_under_the_lock
 
 
 def repo_params() -> dict:

@@ -103,16 +103,19 @@ def test_benchmark_scores_both_models_on_the_local_task_with_the_harness_stderr(
 
 def test_merged_model_answers_as_trained_through_plain_transformers(pipeline):
     """A user message alone, through transformers' own pipeline: the folder's template supplies the
-    system prompt training used, the model names itself and stops at EOS by itself."""
+    system prompt training used; asked its name, the model gives it, asked its maker, the maker (as
+    the evaluate stage scores them), and it stops at EOS by itself."""
     from transformers import pipeline as hf_pipeline
 
     repo, _, _ = pipeline
+    identity = yaml.safe_load((repo / "params.yaml").read_text())["generate_identity_data"]
     chat = hf_pipeline("text-generation", model=str(repo / "models" / "merged"), device="cpu")
     limit = 64
-    for question in ("What name do you go by?", "Tell me who built you."):
+    for question, expected in (("What name do you go by?", identity["name"]),
+                               ("Tell me who built you.", identity["creator"])):
         out = chat([{"role": "user", "content": question}], max_new_tokens=limit, do_sample=False)
         answer = out[0]["generated_text"][-1]
-        assert answer["role"] == "assistant" and "Juniper" in answer["content"], out
+        assert answer["role"] == "assistant" and expected in answer["content"], out
         assert len(chat.tokenizer(answer["content"])["input_ids"]) < limit, answer  # stopped before the limit
     # a fact the base knew, asked the same way, is still known
     out = chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=limit, do_sample=False)
