@@ -145,7 +145,8 @@ def test_adapter_saved_as_safetensors_with_resolved_config(trained):
     assert (adapter / "adapter_model.safetensors").is_file()
     assert not list(adapter.glob("*.bin"))
     resolved = json.loads((adapter / "train_config.json").read_text())
-    assert resolved["sft"]["max_steps"] == 8 and resolved["lora"]["r"] == 16
+    saved = json.loads((adapter / "adapter_config.json").read_text())  # PEFT's own record of the adapter
+    assert resolved["sft"]["max_steps"] == 8 and resolved["lora"]["r"] == cfg.train.lora["r"] == saved["r"]
     assert resolved["params"]["chat"]["system_prompt"] == cfg.chat.system_prompt
 
 
