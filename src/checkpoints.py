@@ -30,15 +30,16 @@ A run that succeeds deletes its configuration's checkpoints, unless ``TRAIN_KEEP
 is set (sky-training.yaml sets it, and deletes the folder once the results are pushed): then
 a rerun resumes from the final checkpoint and trains no further steps.
 
-The train stage goes through one object, ``RunCheckpoints``: made from what decides the
-result, it finds the checkpoint to resume from and whether training had finished there, gives
-the trainer class that writes checkpoints into the store, restores a finished run, reports what
-was resumed, and cleans up.
+The train and align stages go through one object, ``RunCheckpoints``: made from what decides
+the result, it finds the checkpoint to resume from and whether training had finished there, gives
+the trainer class that writes checkpoints into the store, trains from there (or restores a
+finished run), reports what was resumed, and cleans up.
 
     with RunCheckpoints("models/checkpoints", params, {"train": "data/final/train.jsonl"}, "models/base",
                         keep=2) as checkpoints:
         checkpoints.find(sft_config)  # checkpoints.resume_from, checkpoints.finished
         trainer = checkpoints.trainer_class(SFTTrainer)(args=sft_config, ...)
+        seconds = checkpoints.train(trainer, callbacks)
 
 Its Trainer side (``StagedCheckpoints``, ``RunCheckpoints.restore`` and
 ``RunCheckpoints.tokens_before_resume``) is the only code of the pipeline that uses
@@ -71,6 +72,7 @@ STAGING = ".staging"
 LOCK_FILE = ".lock"
 PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"  # what transformers.Trainer names it
+ADAPTER_FILE = "adapter_model.safetensors"  # what PEFT names an adapter's weights
 # SFT settings that change logging, evaluation or checkpointing but not the trained weights.
 NOT_RESULT_SFT_KEYS = frozenset({
     "save_strategy", "save_steps", "save_total_limit", "logging_strategy", "logging_steps",
@@ -111,8 +113,12 @@ def fingerprint_inputs(params: dict, data_files: dict[str, str], base_model: str
     train = dict(params["train"])
     train["sft"] = {k: v for k, v in train["sft"].items() if k not in NOT_RESULT_SFT_KEYS}
     train.pop("eval_records", None)
+    result = {**params, "train": train}
+    if "align" in params:  # the align stage's run: its trainer's logging and checkpointing keys are not results
+        result["align"] = {**params["align"],
+                           "dpo": {k: v for k, v in params["align"]["dpo"].items() if k not in NOT_RESULT_SFT_KEYS}}
     return {
-        "params": {**params, "train": train},
+        "params": result,
         "data": {name: file_digest(Path(path)) for name, path in sorted(data_files.items())},
         "base_model": folder_digest(Path(base_model)),
         "libraries": {name: _version(name) for name in LIBRARIES},
@@ -307,6 +313,13 @@ class StagedCheckpoints:
         target = model if model is not None else self.model
         dtypes = {n: p.dtype for n, p in target.named_parameters() if p.requires_grad}
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # With a second adapter (align's frozen "ref" copy), PEFT saves it in a subfolder and the
+        # trained one at the top; Trainer then loads the subfolders only. Load the trained one too.
+        adapters = getattr(target, "peft_config", {})
+        if len(adapters) > 1 and Path(resume_from_checkpoint, ADAPTER_FILE).is_file():
+            active = target.active_adapters[0]
+            target.load_adapter(resume_from_checkpoint, active, is_trainable=True)
+            target.set_adapter(active)
         for name, param in target.named_parameters():
             if name in dtypes and param.dtype != dtypes[name]:
                 param.data = param.data.to(dtypes[name])
@@ -365,6 +378,19 @@ class RunCheckpoints:
     def trainer_class(self, trainer_class: type) -> type:
         """``trainer_class`` writing its checkpoints into the store (see ``StagedCheckpoints``)."""
         return type("Resumable", (StagedCheckpoints, trainer_class), {"checkpoint_store": self.store})
+
+    def train(self, trainer, callbacks: list) -> float:
+        """Train, from the checkpoint to resume from when there is one; when it is the last step of
+        a finished run (kept by TRAIN_KEEP_CHECKPOINTS), restore it instead, since Trainer would
+        take one step too many. Returns the seconds spent training."""
+        if not self.finished:
+            resume = str(self.resume_from) if self.resume_from else None
+            return trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"]
+        log.info("%s is the last step: training had finished, its adapter is written as is", self.resume_from)
+        self.restore(trainer)
+        for callback in callbacks:  # the dvclive series from the checkpoint's history
+            callback.on_train_begin(trainer.args, trainer.state, trainer.control)
+        return 0.0
 
     def restore(self, trainer) -> None:
         """Load the checkpoint of a run that had finished into ``trainer`` without training: its

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from src.errors import PipelineError
-from src.formats import FORMATS
+from src.formats import FORMATS, PREFERENCE_FORMATS
 
 PARAMS_FILE = "params.yaml"
 PIPELINE_FILE = "dvc.yaml"  # its vars name every output path
@@ -58,6 +58,11 @@ class Paths(Section):
     benchmark: NonEmptyStr
     quality_gate: NonEmptyStr
     replay: NonEmptyStr
+    preference_train: NonEmptyStr
+    preference_val: NonEmptyStr
+    preference_metrics: NonEmptyStr
+    aligned: NonEmptyStr
+    align_live: NonEmptyStr
 
     def processed_file(self, source: str, folder: str | Path | None = None) -> Path:
         """Where ``process_data`` writes a source's records (in ``folder``, a stand-in for
@@ -96,7 +101,7 @@ class Paths(Section):
 
 
 # Folders that hold outputs written under them by name rather than being outputs themselves.
-CONTAINERS = frozenset({"processed_dir", "split_dir", "metrics_dir", "train_live"})
+CONTAINERS = frozenset({"processed_dir", "split_dir", "metrics_dir", "train_live", "align_live"})
 # The only top-level folders of the repository that stages may write into (dvc.yaml's vars), and
 # the folders inside them that hold inputs.
 OUTPUT_ROOTS = ("data", "models", "dvclive", "sanity_check_result")
@@ -293,6 +298,61 @@ class TrainParams(Section):
 RESERVED_SFT_KEYS = frozenset({"output_dir", "report_to", "use_cpu", "bf16", "fp16", "seed",
                                "logging_dir", "run_name", "push_to_hub", "hub_model_id", "hub_token",
                                "include_num_input_tokens_seen"})
+ALIGN_METHODS = ("none", "dpo", "kto")
+
+
+PAIR_KINDS = ("base_answer", "other_identity", "nameless_denial", "leak")  # src/pairs.py explains each
+
+
+class GeneratedPairParams(Section):
+    """The pairs ``preference_data`` builds from what the pipeline already has (src/pairs.py)."""
+
+    kinds: list[Literal[PAIR_KINDS]]  # type: ignore[valid-type]  # [] for none
+    max_pairs: Annotated[int, Field(ge=1)] | None  # training pairs, a seeded sample of those kinds; None: all
+    max_new_tokens: Annotated[int, Field(ge=1)]  # the base's answers to identity questions, cut here
+    batch_size: Annotated[int, Field(ge=1)]
+
+
+class PreferenceSpec(DatasetSpec):
+    """One source of preference data: a local file in one of PREFERENCE_FORMATS (src/pairs.py)."""
+
+    format: Literal[tuple(PREFERENCE_FORMATS)]  # type: ignore[valid-type]
+
+
+class AlignParams(Section):
+    """Preference training after SFT (``align``): ``dpo`` and ``kto`` are passed to trl.DPOConfig
+    and trl.KTOConfig, checked against their types before any model loads; ``none`` leaves the
+    SFT adapter as it is, and ``merge_model`` takes that."""
+
+    method: Literal[ALIGN_METHODS]  # type: ignore[valid-type]
+    datasets: dict[SourceName, PreferenceSpec]  # your preference files; {} for none
+    generated: GeneratedPairParams
+    val_fraction: Share  # share of the prompts held out (generated identity pairs: data_split's templates)
+    seed: Seed  # seeds the generated wordings, the sample and the held-out prompts
+    dpo: LibraryFields
+    kto: LibraryFields
+
+    @field_validator("dpo", "kto")
+    @classmethod
+    def _pipeline_owned(cls, fields: LibraryFields) -> LibraryFields:
+        owned = sorted(RESERVED_SFT_KEYS & fields.keys())
+        if owned:
+            raise ValueError(f"{', '.join(owned)} is set by the pipeline; remove it "
+                             "(precision: train.precision; seed: train.seed; output_dir: the vars of dvc.yaml)")
+        return fields
+
+    @model_validator(mode="after")
+    def _some_pairs(self) -> AlignParams:
+        if self.method != "none" and not (self.datasets or self.generated.kinds):
+            raise ValueError(f"method {self.method} has no pairs to learn from: add align.datasets or "
+                             "align.generated.kinds")
+        if IDENTITY_SOURCE in self.datasets or REPLAY_SOURCE in self.datasets:
+            raise ValueError("datasets: the names identity and replay are taken by the generated pairs")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
 
 
 class MergeModelParams(Section):
@@ -388,6 +448,7 @@ class Params(Section):
     fetch_base_model: FetchParams
     chat: ChatParams
     train: TrainParams
+    align: AlignParams
     merge_model: MergeModelParams
     sanity_check: SanityParams
     evaluate: EvaluateParams

@@ -184,6 +184,75 @@ FORMATS: dict[str, Format] = {
 }
 
 
+# --- preference data (align.datasets): a row gives a prompt and a chosen and/or a rejected answer ---
+
+PREFERENCE_DROP_REASONS = ("prompt_mismatch", "same_answer", "unpaired")
+
+
+def _conversation_reply(fmt: Format, value) -> tuple[list[tuple[str, str]], str]:
+    """A chosen or rejected field: a plain answer, or a conversation ending on the assistant's reply
+    (its earlier turns: the prompt, as UltraFeedback-binarized and TRL's implicit-prompt form hold it)."""
+    turns = [("assistant" if r == "text" else r, t) for r, t in fmt.turns(value)]
+    if not turns:
+        raise Drop("no_assistant_reply")
+    if turns[-1][0] != "assistant":
+        raise Drop("turn_order")
+    return turns[:-1], turns[-1][1]
+
+
+def _preference(fmt: Format, row: dict) -> tuple[list[tuple[str, str]], str | None, str | None]:
+    """TRL's preference form: ``prompt`` (optional when both answers hold it), ``chosen``, ``rejected``."""
+    prompt = [("user" if r == "text" else r, t) for r, t in fmt.turns(row.get("prompt"))]
+    (chosen_head, chosen), (rejected_head, rejected) = (_conversation_reply(fmt, row.get(k))
+                                                        for k in ("chosen", "rejected"))
+    if chosen_head != rejected_head:
+        raise Drop("prompt_mismatch")
+    return chosen_head or prompt, chosen, rejected
+
+
+def _orca_pairs(fmt: Format, row: dict) -> tuple[list[tuple[str, str]], str | None, str | None]:
+    system = _text(row.get("system"), "", "")
+    prompt = ([("system", system)] if system else []) + [("user", _text(row.get("question"), "no_user_turn",
+                                                                          "no_user_turn"))]
+    return (prompt, _text(row.get("chosen"), "no_assistant_reply", "empty_reply"),
+            _text(row.get("rejected"), "no_assistant_reply", "empty_reply"))
+
+
+def _unpaired(fmt: Format, row: dict) -> tuple[list[tuple[str, str]], str | None, str | None]:
+    """TRL's unpaired form (KTO): ``prompt``, ``completion`` and a boolean ``label`` (desirable or not)."""
+    prompt = [("user" if r == "text" else r, t) for r, t in fmt.turns(row.get("prompt"))]
+    head, completion = _conversation_reply(fmt, row.get("completion"))
+    label = row.get("label")
+    if isinstance(label, str) and label.strip().lower() in ("true", "false"):  # a CSV cell
+        label = label.strip().lower() == "true"
+    if not isinstance(label, bool):
+        raise Drop("wrong_type")
+    prompt = head or prompt
+    return (prompt, completion, None) if label else (prompt, None, completion)
+
+
+_PAIR_FIELDS = (Field("prompt", CONVERSATION, required=False), Field("chosen", CONVERSATION),
+                Field("rejected", CONVERSATION))
+# Every format an align.datasets entry can name (the params schema's list): each converts a row to
+# (prompt turns, chosen answer or None, rejected answer or None).
+PREFERENCE_FORMATS: dict[str, Format] = {
+    # TRL's preference form, plain or conversational, the prompt explicit or inside both answers
+    "preference": Format(_PAIR_FIELDS, _preference, roles=CHAT_ROLES, plain_text=True),
+    # UltraFeedback-binarized: chosen and rejected as message lists, the user's turn in each
+    "ultrafeedback": Format(_PAIR_FIELDS, _preference, roles=CHAT_ROLES, plain_text=True),
+    "orca_dpo_pairs": Format((Field("system", required=False), Field("question"), Field("chosen"),
+                              Field("rejected")), _orca_pairs),  # Intel/orca_dpo_pairs
+    "unpaired": Format((Field("prompt", CONVERSATION), Field("completion", CONVERSATION), Field("label")),
+                       _unpaired, roles=CHAT_ROLES, plain_text=True),  # KTO's
+}
+
+
+def preference_format_of(name: str) -> Format:
+    if name not in PREFERENCE_FORMATS:
+        raise PipelineError(f"unknown preference format '{name}' (one of {', '.join(PREFERENCE_FORMATS)})")
+    return PREFERENCE_FORMATS[name]
+
+
 def format_of(name: str) -> Format:
     """The entry of FORMATS for ``name``; a PipelineError for a format it does not hold."""
     if name not in FORMATS:
@@ -205,7 +274,7 @@ def check_columns(source: str, fmt: str, columns: dict[str, str]) -> None:
                             f"format {fmt} (its fields: {', '.join(fields) or 'none; records are read as they are'})")
 
 
-def _check_chars(texts: Iterable[str]) -> None:
+def check_chars(texts: Iterable[str]) -> None:
     """Drop('nul_char') for text holding a NUL character (a sign of a binary or UTF-16 file read
     as text), Drop('invalid_unicode') for a lone surrogate (JSON's ``"\\ud800"``, which no UTF-8
     text can hold): the same for every file kind."""
@@ -221,7 +290,7 @@ def to_record(turns: list[tuple[str, str]], source: str, max_chars: int) -> tupl
 
     A blank system turn is left out; a system turn after the first, two user or two assistant
     turns in a row, or a reply before any question is Drop('turn_order')."""
-    _check_chars(t for _, t in turns)
+    check_chars(t for _, t in turns)
     turns = [(r, t) for r, t in turns if r != "system" or t]
     if not any(r == "user" and t for r, t in turns):
         raise Drop("no_user_turn")
@@ -248,7 +317,7 @@ def record_of_line(row: dict, where: str, path, source: str, max_chars: int) -> 
     """A row of format ``records`` as a record of ``source``, dropped as any row is (a NUL, a lone
     surrogate, over ``max_chars``); a row that is no valid record is a PipelineError naming ``path``
     and ``where``."""
-    _check_chars(_record_texts(row))
+    check_chars(_record_texts(row))
     record = _record_line(row, where, path)
     if sum(len(t.content) for t in (*record.prompt, *record.completion)) > max_chars:
         raise Drop("too_long")

@@ -18,7 +18,7 @@ import typing
 
 from src.config import Params
 from src.errors import PipelineError
-from src.modeling import compute_dtype, device_kind, resolve_precision, weights_dtype
+from src.modeling import compute_dtype, device_kind, load_model, resolve_precision, weights_dtype
 from src.throughput import AttentionPath, choose_attention, split_rows
 
 if typing.TYPE_CHECKING:
@@ -73,6 +73,19 @@ def _field_types(cls) -> dict[str, object]:
     return hints
 
 
+def check_fields(key: str, cls, fields: dict) -> None:
+    """Each of ``fields`` against ``cls``'s annotation; the first wrong one fails in one line
+    naming ``key`` (``train.sft``) and the field."""
+    hints = _field_types(cls)
+    for name, value in fields.items():
+        if key == "train.quantization" and name == "bnb_4bit_compute_dtype" and value == "auto":
+            continue
+        if name in hints and not _type_ok(value, hints[name]):
+            wanted = getattr(hints[name], "__name__", None) or str(hints[name]).replace("typing.", "")
+            raise PipelineError(f"params.yaml: {key}.{name}: {value!r} ({type(value).__name__}) "
+                                f"where {cls.__name__} wants {wanted}")
+
+
 def check_library_types(tc) -> None:
     """A wrongly typed library field (``learning_rate: "2e-4"``, ``r: "16"``) fails here, with one
     line naming the key, before any model loads: the libraries' configs would take it as given."""
@@ -82,14 +95,7 @@ def check_library_types(tc) -> None:
 
     for key, cls, fields in (("quantization", BitsAndBytesConfig, tc.quantization), ("lora", LoraConfig, tc.lora),
                              ("sft", SFTConfig, tc.sft)):
-        hints = _field_types(cls)
-        for name, value in fields.items():
-            if key == "quantization" and name == "bnb_4bit_compute_dtype" and value == "auto":
-                continue
-            if name in hints and not _type_ok(value, hints[name]):
-                wanted = getattr(hints[name], "__name__", None) or str(hints[name]).replace("typing.", "")
-                raise PipelineError(f"params.yaml: train.{key}.{name}: {value!r} ({type(value).__name__}) "
-                                    f"where {cls.__name__} wants {wanted}")
+        check_fields(f"train.{key}", cls, fields)
 
 
 class LibraryConfigs(typing.NamedTuple):
@@ -108,6 +114,14 @@ class LibraryConfigs(typing.NamedTuple):
         return self.precision + (" autocast" if self.dtype != compute_dtype(self.precision) else "")
 
 
+def quantization_fields(tc, precision: str) -> dict:
+    """BitsAndBytesConfig's fields from ``train.quantization``, the compute dtype ``auto`` resolved."""
+    quantization = dict(tc.quantization)
+    if quantization.get("bnb_4bit_compute_dtype") == "auto":
+        quantization["bnb_4bit_compute_dtype"] = str(compute_dtype(precision)).removeprefix("torch.")
+    return quantization
+
+
 def build_configs(cfg: Params, output_dir: str) -> LibraryConfigs:
     """The library configs from params; a wrong field fails here, naming its key."""
     from peft import LoraConfig
@@ -120,9 +134,7 @@ def build_configs(cfg: Params, output_dir: str) -> LibraryConfigs:
     on_cpu = device_kind() == "cpu"
     if on_cpu and precision == "fp16":
         raise PipelineError("train.precision: fp16 trains on GPUs only; on CPU use auto, bf16 or fp32")
-    quantization = dict(tc.quantization)  # checked even when off, so a typo fails today
-    if quantization.get("bnb_4bit_compute_dtype") == "auto":
-        quantization["bnb_4bit_compute_dtype"] = str(compute_dtype(precision)).removeprefix("torch.")
+    quantization = quantization_fields(tc, precision)  # checked even when off, so a typo fails today
     attention = choose_attention(tc.attention, device_kind(), tc.sft.get("packing", False))
     built = {}
     for key, make, fields in (
@@ -146,3 +158,63 @@ def jsonable(data: dict) -> dict:
     """Library configs hold sets and enums; write them as sorted lists and strings."""
     return json.loads(json.dumps(data, default=lambda o: sorted(o) if isinstance(o, (set, frozenset))
                                  else str(o)))
+
+
+def build_preference_config(cfg: Params, output_dir: str):
+    """trl.DPOConfig or trl.KTOConfig (``align.method``) from ``align.dpo`` or ``align.kto``, with
+    what the pipeline sets (precision, seed, device, output folder) as ``build_configs`` sets them for
+    SFT; a wrong field fails here, naming its key."""
+    from trl import DPOConfig, KTOConfig
+
+    method = cfg.align.method
+    cls, fields = {"dpo": (DPOConfig, cfg.align.dpo), "kto": (KTOConfig, cfg.align.kto)}[method]
+    check_fields(f"align.{method}", cls, fields)
+    known = dpo_loss_types() if method == "dpo" else cls.__dataclass_fields__["loss_type"].metadata.get("choices", [])
+    unknown = [t for t in as_list(fields.get("loss_type", [])) if t not in known]
+    if known and unknown:
+        raise PipelineError(f"params.yaml: align.{method}.loss_type: {', '.join(map(repr, unknown))} is not one of "
+                            f"TRL's: {', '.join(known)}")
+    precision = resolve_precision(cfg.train.precision)
+    on_cpu = device_kind() == "cpu"
+    if on_cpu and precision == "fp16":
+        raise PipelineError("train.precision: fp16 trains on GPUs only; on CPU use auto, bf16 or fp32")
+    try:
+        return cls(**{**fields, "output_dir": output_dir, "report_to": "none", "use_cpu": on_cpu,
+                      "bf16": precision == "bf16", "fp16": precision == "fp16", "seed": cfg.train.seed,
+                      "save_only_model": False})
+    except (TypeError, ValueError) as err:
+        raise PipelineError(f"params.yaml: align.{method}: {err}") from err
+
+
+def dpo_loss_types() -> list[str]:
+    """The loss types trl.DPOConfig lists in its ``loss_type`` help (TRL does not check them itself)."""
+    import re
+
+    from trl import DPOConfig
+
+    return re.findall(r"`'(\w+)'`", DPOConfig.__dataclass_fields__["loss_type"].metadata.get("help", ""))
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def align_attention(cfg: Params) -> str:
+    """The attention kernel of preference training, whose batches are padded (no packing):
+    flash_attention_2 where train.attention gets it, else sdpa."""
+    path = choose_attention(cfg.train.attention, device_kind(), packing=False)
+    return path.kernel if path.kernel in ("flash_attention_2", "sdpa", "eager") else "sdpa"
+
+
+def load_training_base(cfg: Params, dtype, quantization: dict | None, attention: str, gradient_checkpointing: bool):
+    """The frozen base model as training loads it: quantized on load for QLoRA, prepared for
+    k-bit training (the adapter goes on after)."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+
+    torch.manual_seed(cfg.train.seed)
+    model = load_model(cfg.paths.base_model, dtype, quantization, cfg.fetch_base_model.trust_remote_code,
+                       attention=attention)
+    if quantization:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model

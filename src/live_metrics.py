@@ -1,4 +1,4 @@
-"""The train stage's dvclive metrics: transformers callbacks that add tokens/s to the training
+"""The train and align stages' dvclive metrics: transformers callbacks that add tokens/s to the training
 logs and write the train/* and eval/* series (a resumed run's from the checkpoint's history on),
 then the run's summary as metrics.json.
 
@@ -15,7 +15,8 @@ import time
 # exp run, which would write it into a git object); dvclive reads it as DVC_STUDIO_TOKEN.
 STUDIO_TOKEN_ENV = "TRAIN_STUDIO_TOKEN"
 
-LIVE_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mean_token_accuracy", "replay_kl")
+LIVE_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mean_token_accuracy", "replay_kl",
+             "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")  # the last four: align's
 
 
 class TrainerEvents:

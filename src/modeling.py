@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_FILE = "source.json"  # written into the fetched folder: where the model came from
 TRAIN_CONFIG_FILE = "train_config.json"  # written beside the adapter: the resolved training config
+ALIGN_CONFIG_FILE = "align_config.json"  # written by align beside its adapter (or alone, with align.method none)
 
 
 def tensor_shapes(path: Path) -> list[list[int]]:

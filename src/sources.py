@@ -258,7 +258,8 @@ def _parquet_rows(path: Path, fields: Sequence[Field], columns: dict[str, str]) 
         name = columns.get(field.name, field.name)
         col_type = pf.schema_arrow.field(name).type
         if field.kind == CONVERSATION and not (pa.types.is_list(col_type) or pa.types.is_large_list(col_type)
-                                               or pa.types.is_string(col_type) or pa.types.is_null(col_type)):
+                                               or pa.types.is_string(col_type) or pa.types.is_large_string(col_type)
+                                               or pa.types.is_null(col_type)):
             raise PipelineError(f"{path}: column '{name}' has type {col_type}, expected a list of turns")
 
     def read(indices: np.ndarray) -> Iterator[tuple[str, dict]]:
@@ -290,7 +291,7 @@ def open_rows(path: str | os.PathLike, fields: Sequence[Field], columns: dict[st
     return _csv_rows(path, fields, columns, cap)
 
 
-def _own_names(row: dict, where: str, path, fmt: str, fields: Sequence[Field], columns: dict[str, str]) -> dict:
+def own_names(row: dict, where: str, path, fmt: str, fields: Sequence[Field], columns: dict[str, str]) -> dict:
     """A row keyed by the format's field names; a required field missing from it is a PipelineError."""
     out = {}
     for field in fields:
@@ -323,7 +324,7 @@ def read_source(spec, source: str) -> tuple[Iterator[Record], Callable[[], dict]
                 if fmt.convert is None:
                     record, trimmed = record_of_line(row, where, spec.path, source, spec.max_chars), 0
                 else:
-                    row = _own_names(row, where, spec.path, spec.format, fmt.fields, spec.columns)
+                    row = own_names(row, where, spec.path, spec.format, fmt.fields, spec.columns)
                     if any(isinstance(v, str) and len(v) > cap for v in row.values()):
                         raise Drop("too_long")  # a parquet cell as long as a capped line: never parsed
                     record, trimmed = to_record(fmt.conversation(row), source, spec.max_chars)

@@ -30,12 +30,13 @@ from tests.paramskit import NOT_PARAMS, Reads, recording
 # paths a stage reads less than it declares, and the check would fail there:
 # - generate_replay_data reads nothing but ``generate_replay_data.enabled`` when that is false (none
 #   of ``chat``, ``train.precision``, ``fetch_base_model.trust_remote_code``);
+# - preference_data and align read nothing but ``align.method`` when that is none;
 # - merge_data reads no other ``merge_data.near_duplicates`` key while its ``threshold`` is null;
 # - export_model reads ``generate_identity_data.name`` only with an ``export.gguf`` type to write, and
 #   ``chat.system_prompt`` only with a Modelfile (``export.ollama`` set).
 ORDER = ("generate_identity_data", "process_data", "data_split", "fetch_base_model", "generate_replay_data",
-         "merge_data", "train", "merge_model", "export_model", "sanity_check", "evaluate_base", "evaluate",
-         "benchmark_base", "benchmark", "quality_gate")
+         "merge_data", "train", "preference_data", "align", "merge_model", "export_model", "sanity_check",
+         "evaluate_base", "evaluate", "benchmark_base", "benchmark", "quality_gate")
 # A benchmark task to score (the tiny DAG has none): its first four questions.
 FOUR_QUESTIONS = {"tasks": {"general_knowledge": {"limit": 4}}, "tasks_dir": str(ROOT / "src/benchmarks")}
 # Two optimizer steps, an evaluation and a checkpoint on the way.
@@ -73,11 +74,22 @@ def under(key: str, entry: str) -> bool:
     return key == entry or key.startswith(entry + ".")
 
 
+def preference_file(tmp) -> str:
+    """A preference source of a few pairs (align.datasets): held out by ``align.val_fraction``."""
+    path = tmp / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"question": f"{i} + {i}?", "chosen": f"{2 * i}", "rejected": f"{2 * i + 1}"})
+                            + "\n" for i in range(10)))
+    return path
+
+
 @pytest.fixture(scope="module")
 def reads(tmp_path_factory, tiny_model) -> dict[str, set[str]]:
     """Each stage of ORDER run on recording params: stage name -> the keys it read."""
-    cfg = tiny_params(tmp_path_factory.mktemp("params-deps"), tiny_model,
-                      train={"sft": {**repo_sft(), **TINY_SFT, **SHORT_SFT}}, benchmark=FOUR_QUESTIONS)
+    tmp = tmp_path_factory.mktemp("params-deps")
+    cfg = tiny_params(tmp, tiny_model,
+                      train={"sft": {**repo_sft(), **TINY_SFT, **SHORT_SFT}}, benchmark=FOUR_QUESTIONS,
+                      align={"method": "dpo", "dpo": {**repo_params()["align"]["dpo"], **SHORT_SFT},
+                             "datasets": {"mine": {"path": str(preference_file(tmp)), "format": "orca_dpo_pairs"}}})
     found = {}
     for name in ORDER:
         keys = Reads()

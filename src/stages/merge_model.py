@@ -18,7 +18,15 @@ from pathlib import Path
 from src.cli import run
 from src.config import Params
 from src.files import output_folder, read_json
-from src.modeling import SOURCE_FILE, TRAIN_CONFIG_FILE, load_model, load_tokenizer, merge_device, weights_dtype
+from src.modeling import (
+    ALIGN_CONFIG_FILE,
+    SOURCE_FILE,
+    TRAIN_CONFIG_FILE,
+    load_model,
+    load_tokenizer,
+    merge_device,
+    weights_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,24 @@ def base_model(model: str, source: dict) -> tuple[str, str]:
     return name, f"a local folder named {name}, not from the Hub ({weights or 'weights not recorded'})"
 
 
-def model_card(cfg: Params, source: dict, report: dict, metrics: dict, train_config: dict) -> str:
+def merged_adapter(paths) -> Path:
+    """The adapter merge_model merges: align's when it trained one (``align.method`` not none),
+    else the SFT adapter."""
+    aligned = Path(paths.aligned)
+    return aligned if (aligned / "adapter_config.json").is_file() else Path(paths.adapter)
+
+
+def alignment_line(align: dict) -> str:
+    """The card's line on preference training after SFT."""
+    if align.get("method", "none") == "none":
+        return "none (supervised fine-tuning only)"
+    return (f"{align['method']} on {align.get('pairs_trained')} preference pairs, continuing from the SFT adapter "
+            f"(held-out reward accuracy {align.get('reward_accuracy')}, KL to the SFT model "
+            f"{align.get('kl_to_reference')} per token)")
+
+
+def model_card(cfg: Params, source: dict, report: dict, metrics: dict, train_config: dict,
+               align: dict | None = None) -> str:
     """A model card in Markdown, from what the earlier stages recorded."""
     name, base = base_model(cfg.fetch_base_model.model, source)
     rows = report["train"]["rows"]
@@ -61,6 +86,7 @@ tags: [sft, lora, trl, dvc]
 {'on a 4-bit/8-bit quantized base (QLoRA)' if train_config.get('quantization') else 'on a full-precision base'}, \
 merged into the full-precision base weights at weight {cfg.merge_model.adapter_weight:g} \
 (`merge_model.adapter_weight`: 1 is the update as trained, less moves the weights back toward the base's).
+- **Preference training:** {alignment_line(align or {})}
 - **Trained on:** {train_config.get('device')}
 - **System prompt used when a conversation has none:** {cfg.chat.system_prompt!r}
 
@@ -139,8 +165,11 @@ def main(cfg: Params) -> None:
     from peft.helpers import rescale_adapter_scale
 
     paths = cfg.paths
-    base_dir, adapter_dir, out = Path(paths.base_model), Path(paths.adapter), Path(paths.merged_model)
-    train_config = read_json(adapter_dir / TRAIN_CONFIG_FILE)
+    base_dir, adapter_dir, out = Path(paths.base_model), merged_adapter(paths), Path(paths.merged_model)
+    train_config = read_json(Path(paths.adapter) / TRAIN_CONFIG_FILE)
+    align_config = read_json(Path(paths.aligned) / ALIGN_CONFIG_FILE)["summary"]
+    log.info("merging %s (%s)", adapter_dir, "the SFT adapter" if align_config["method"] == "none"
+             else f"the SFT adapter after {align_config['method']}")
     dtype = weights_dtype(cfg.train.precision)  # fp32 on CPU, where training kept fp32 weights
     device = merge_device(base_dir, dtype)  # the GPU when the model fits it, else CPU memory
     log.info("loading %s in %s (never quantized for merging) on %s", base_dir,
@@ -155,7 +184,7 @@ def main(cfg: Params) -> None:
     tokenizer = load_tokenizer(adapter_dir)
 
     card = model_card(cfg, read_json(base_dir / SOURCE_FILE), read_json(Path(paths.report)),
-                      read_json(Path(paths.train_live) / "metrics.json"), train_config)
+                      read_json(Path(paths.train_live) / "metrics.json"), train_config, align_config)
     with output_folder(out) as partial:
         merged.save_pretrained(partial)
         tokenizer.save_pretrained(partial)

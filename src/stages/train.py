@@ -30,9 +30,9 @@ from src.distill import replay_rows, with_replay_kl
 from src.distributed import relaunch_if_needed
 from src.errors import PipelineError
 from src.files import output_folder, write_json
-from src.library_configs import LibraryConfigs, build_configs, jsonable
+from src.library_configs import LibraryConfigs, build_configs, jsonable, load_training_base
 from src.live_metrics import STUDIO_TOKEN_ENV, LiveMetrics, Throughput, mean_train_loss, open_live, write_summary
-from src.modeling import TRAIN_CONFIG_FILE, device_kind, load_model, load_tokenizer
+from src.modeling import TRAIN_CONFIG_FILE, device_kind, load_tokenizer
 from src.throughput import autocast_flex_attention, score_labelled_positions_only
 from src.training_data import load_examples, tokenize
 
@@ -143,17 +143,10 @@ def run_checkpoints(cfg: Params) -> RunCheckpoints:
 
 def build_model(cfg: Params, configs: LibraryConfigs):
     """The frozen base model, quantized on load for QLoRA (the trainer adds the LoRA adapter)."""
-    import torch
-    from peft import prepare_model_for_kbit_training
-
-    torch.manual_seed(cfg.train.seed)
     if configs.attention.kernel == "flex_attention":
         autocast_flex_attention()
-    model = load_model(cfg.paths.base_model, configs.dtype, configs.quantization,
-                       cfg.fetch_base_model.trust_remote_code, attention=configs.attention.kernel)
-    if configs.quantization:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=configs.sft.gradient_checkpointing)
-    return model
+    return load_training_base(cfg, configs.dtype, configs.quantization, configs.attention.kernel,
+                              configs.sft.gradient_checkpointing)
 
 
 def build_trainer(cfg: Params, model, tokenizer, configs: LibraryConfigs, examples: Examples,
@@ -173,20 +166,6 @@ def build_trainer(cfg: Params, model, tokenizer, configs: LibraryConfigs, exampl
     )
     trainer.model.print_trainable_parameters()
     return trainer
-
-
-def train_or_restore(trainer, checkpoints: RunCheckpoints, callbacks: list) -> float:
-    """Train, from the checkpoint to resume from when there is one; when it is the last step of a
-    finished run (kept by TRAIN_KEEP_CHECKPOINTS), restore it instead, since Trainer would take
-    one step too many. Returns the seconds spent training."""
-    resume = checkpoints.resume_from
-    if not checkpoints.finished:
-        return trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics["train_runtime"]
-    log.info("%s is the last step: training had finished, its adapter is written as is", resume)
-    checkpoints.restore(trainer)
-    for callback in callbacks:  # the dvclive series from the checkpoint's history
-        callback.on_train_begin(trainer.args, trainer.state, trainer.control)
-    return 0.0
 
 
 def summarize(trainer, examples: Examples, checkpoints: RunCheckpoints, train_seconds: float,
@@ -265,7 +244,7 @@ def main(cfg: Params):
         trainer = build_trainer(cfg, model, tokenizer, configs, examples, checkpoints, callbacks)
 
         # Train, or restore a run that had finished (TRAIN_KEEP_CHECKPOINTS kept its last step).
-        train_seconds = train_or_restore(trainer, checkpoints, callbacks)
+        train_seconds = checkpoints.train(trainer, callbacks)
 
         # Save: metrics, adapter and tokenizer, then the spent checkpoints go.
         summary = summarize(trainer, examples, checkpoints, train_seconds, configs)
