@@ -160,20 +160,30 @@ def jsonable(data: dict) -> dict:
                                  else str(o)))
 
 
+def check_align_types(align):
+    """``align.dpo`` or ``align.kto`` (the one ``align.method`` trains with) against the library's
+    field types and its list of loss types; returns (the config class, the fields). Nothing for
+    ``none``."""
+    from trl import DPOConfig, KTOConfig
+
+    if align.method == "none":
+        return None, {}
+    cls, fields = {"dpo": (DPOConfig, align.dpo), "kto": (KTOConfig, align.kto)}[align.method]
+    check_fields(f"align.{align.method}", cls, fields)
+    known = dpo_loss_types() if cls is DPOConfig else cls.__dataclass_fields__["loss_type"].metadata.get("choices", [])
+    unknown = [t for t in as_list(fields.get("loss_type", [])) if t not in known]
+    if known and unknown:
+        raise PipelineError(f"params.yaml: align.{align.method}.loss_type: {', '.join(map(repr, unknown))} is not "
+                            f"one of TRL's: {', '.join(known)}")
+    return cls, fields
+
+
 def build_preference_config(cfg: Params, output_dir: str):
     """trl.DPOConfig or trl.KTOConfig (``align.method``) from ``align.dpo`` or ``align.kto``, with
     what the pipeline sets (precision, seed, device, output folder) as ``build_configs`` sets them for
     SFT; a wrong field fails here, naming its key."""
-    from trl import DPOConfig, KTOConfig
-
+    cls, fields = check_align_types(cfg.align)
     method = cfg.align.method
-    cls, fields = {"dpo": (DPOConfig, cfg.align.dpo), "kto": (KTOConfig, cfg.align.kto)}[method]
-    check_fields(f"align.{method}", cls, fields)
-    known = dpo_loss_types() if method == "dpo" else cls.__dataclass_fields__["loss_type"].metadata.get("choices", [])
-    unknown = [t for t in as_list(fields.get("loss_type", [])) if t not in known]
-    if known and unknown:
-        raise PipelineError(f"params.yaml: align.{method}.loss_type: {', '.join(map(repr, unknown))} is not one of "
-                            f"TRL's: {', '.join(known)}")
     precision = resolve_precision(cfg.train.precision)
     on_cpu = device_kind() == "cpu"
     if on_cpu and precision == "fp16":

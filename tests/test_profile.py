@@ -11,6 +11,7 @@ import yaml
 
 from src.cloud.profile import as_dvc_applies, hydra_value, load_profile, merged, options, read_yaml
 from src.config import validate_params, with_output_paths
+from src.errors import PipelineError
 from tests.cloudkit import ORCA_COMMIT, PLATYPUS_COMMIT, FakeHub, hub_files
 from tests.conftest import ROOT, run_cli
 
@@ -35,8 +36,8 @@ def test_each_profile_gives_options_that_dvc_reads_as_the_profile(profile, tmp_p
     cfg = validate_params(with_output_paths(expected, repo))
     assert cfg.train.quantized and cfg.train.sft["gradient_checkpointing"] is True  # the GPU path
     # every raw file the profile trains on is one it imports (not a shipped sample)
-    raw = {spec.path for spec in cfg.datasets.values()} - {"data/raw/orca_sample.parquet",
-                                                          "data/raw/platypus_sample.parquet", cfg.paths.identity}
+    raw = {spec.path for spec in (*cfg.datasets.values(), *cfg.align.datasets.values())} - {
+        "data/raw/orca_sample.parquet", "data/raw/platypus_sample.parquet", cfg.paths.identity}
     assert raw and raw <= set(imports)
     for target, spec in imports.items():
         if spec["dataset"] == "garage-bAInd/Open-Platypus":
@@ -51,6 +52,22 @@ def test_the_big_profiles_train_on_the_whole_upstream_files():
         assert {spec["dataset"] for spec in imports.values()} == {"Open-Orca/OpenOrca", "garage-bAInd/Open-Platypus"}
         assert cfg.datasets["orca"].subset_rows is None and cfg.datasets["platypus"].subset_rows is None
         assert {cfg.datasets["orca"].path, cfg.datasets["platypus"].path} == set(imports)
+
+
+def test_the_preference_profile_extends_the_7b_one(tmp_path):
+    base, base_imports = load_profile(ROOT / "profiles/llama2-7b-qlora.yaml")
+    overlay, imports = load_profile(ROOT / "profiles/llama2-7b-dpo.yaml")
+    assert {k: v for k, v in overlay.items() if k != "align"} == base and imports.items() > base_imports.items()
+    cfg = validate_params(with_output_paths(merged(read_yaml(ROOT / "params.yaml"), overlay), ROOT))
+    assert cfg.align.method == "dpo" and cfg.align.datasets["orca_pairs"].format == "orca_dpo_pairs"
+    assert imports[cfg.align.datasets["orca_pairs"].path]["dataset"] == "Intel/orca_dpo_pairs"
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(PipelineError, match=r"a.yaml: extends: profiles extend each other in a loop"):
+        load_profile(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: ../c.yaml\n")
+    with pytest.raises(PipelineError, match=r"c.yaml: extends: the file name of a profile beside it"):
+        load_profile(tmp_path / "c.yaml")
 
 
 # Values whose YAML and Hydra readings differ, and strings Hydra's grammar needs quoted.

@@ -1,6 +1,7 @@
 """Run profiles: params overlays in ``profiles/*.yaml``, turned into ``dvc exp run -S`` options.
 
 A profile is a nested mapping shaped like ``params.yaml`` (only the keys it changes), plus an
+optional ``extends`` (another profile beside it, whose keys and imports it starts from) and an
 optional ``imports`` section: raw files of Hugging Face Hub datasets, each at a commit, that
 ``--import`` brings in with ``dvc import-url`` when they are missing (DVC records the URL, so
 the experiment records the revision)::
@@ -33,11 +34,12 @@ from src.benchmarking import check_task_names
 from src.cli import one_line_errors
 from src.config import PARAMS_FILE, validate_params, with_output_paths
 from src.errors import PipelineError
-from src.library_configs import check_library_types
+from src.library_configs import check_align_types, check_library_types
 
 log = logging.getLogger(__name__)
 
 IMPORTS_KEY = "imports"
+EXTENDS_KEY = "extends"
 SHA = re.compile(r"[0-9a-f]{40}")
 HUB = "https://huggingface.co"
 
@@ -64,10 +66,19 @@ def _plain(value):
     return value
 
 
-def load_profile(path: str | Path) -> tuple[dict, dict[str, dict]]:
-    """(the params overlay, the imports by target path) of a profile file."""
+def load_profile(path: str | Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[str, dict]]:
+    """(the params overlay, the imports by target path) of a profile file; one that ``extends``
+    another (a file name beside it) is that one's overlay and imports with its own over them."""
     path = Path(path)
     overlay = read_yaml(path)
+    base: tuple[dict, dict[str, dict]] = ({}, {})
+    if EXTENDS_KEY in overlay:
+        parent = overlay.pop(EXTENDS_KEY)
+        if not isinstance(parent, str) or "/" in parent or not parent.endswith(".yaml"):
+            raise PipelineError(f"{path}: {EXTENDS_KEY}: the file name of a profile beside it (a .yaml)")
+        if path.resolve() in seen:
+            raise PipelineError(f"{path}: {EXTENDS_KEY}: profiles extend each other in a loop")
+        base = load_profile(path.parent / parent, (*seen, path.resolve()))
     imports = overlay.pop(IMPORTS_KEY, None) or {}
     if not isinstance(imports, dict):
         raise PipelineError(f"{path}: {IMPORTS_KEY}: a mapping of target path to {{dataset, revision, file}}")
@@ -77,7 +88,7 @@ def load_profile(path: str | Path) -> tuple[dict, dict[str, dict]]:
             raise PipelineError(f"{path}: {IMPORTS_KEY}.{target}: needs dataset, revision and file (strings)")
         if not target.startswith("data/raw/") or ".." in target.split("/"):
             raise PipelineError(f"{path}: {IMPORTS_KEY}.{target}: raw files go under data/raw/")
-    return overlay, imports
+    return merged(base[0], overlay), {**base[1], **imports}
 
 
 def merged(params: dict, overlay: dict) -> dict:
@@ -137,6 +148,7 @@ def options(profile: str | Path, repo: Path = Path(".")) -> list[str]:
     try:
         cfg = validate_params(with_output_paths(expected, repo))
         check_library_types(cfg.train)
+        check_align_types(cfg.align)
         check_task_names(cfg.benchmark, root=repo)  # a misspelt task fails here, not after training
     except PipelineError as err:
         raise PipelineError(f"{profile}: {err}") from err
