@@ -105,7 +105,8 @@ def stage_outputs(repo: Path = ROOT) -> dict[str, list[str]]:
 
 # The stages downstream of training: what a change to train's params reruns (not benchmark_base:
 # the base's scores depend on the base and the tasks alone).
-MODEL_STAGES = {"train", "merge_model", "export_model", "sanity_check", "evaluate", "benchmark", "quality_gate"}
+MODEL_STAGES = {"train", "align", "merge_model", "export_model", "sanity_check", "evaluate", "benchmark",
+                "quality_gate"}
 
 
 def ran_stages(output: str) -> set[str]:

@@ -131,16 +131,24 @@ TINY_SFT = {"max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 5
 TINY_DAG_SFT = {**TINY_SFT, "max_steps": 12, "per_device_train_batch_size": 1, "save_steps": 3,
                 "save_total_limit": 2, "logging_steps": 1, "eval_steps": 6}
 # Replay records trained on by distillation beside the batches (src/distill.py).
+# DPO on the tiny model in a whole-DAG run: six steps of two pairs, a checkpoint every two.
+TINY_DAG_DPO = {"max_steps": 6, "per_device_train_batch_size": 2, "learning_rate": 5.0e-3, "save_steps": 2,
+                "logging_steps": 1}
 KL_REPLAY = {"replay": {"loss": "kl", "weight": 1.0, "rows_per_batch": 2}}
 # 4-bit QLoRA as the GPU profile sets it (train.quantization).
 QLORA = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
          "bnb_4bit_compute_dtype": "auto"}
 
 
-def configure_tiny_dag(repo: Path, model: Path) -> Path:
+def configure_tiny_dag(repo: Path, model: Path, align: bool = False) -> Path:
     """Commit params for a run of seconds per stage in the clone ``repo``: the tiny ``model``
-    (a folder from ``tiny_model_folder``), TINY_DAG_SFT, short generations, an open gate."""
+    (a folder from ``tiny_model_folder``), TINY_DAG_SFT, short generations, an open gate; with
+    ``align``, DPO after SFT (TINY_DAG_DPO) on a few generated pairs."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    if align:
+        params["align"]["method"] = "dpo"
+        params["align"]["generated"].update({"max_new_tokens": 6, "max_pairs": 12})
+        params["align"]["dpo"].update(TINY_DAG_DPO)
     params["fetch_base_model"]["model"] = str(model)
     params["generate_replay_data"].update(TINY_REPLAY)
     params["quality_gate"] = OPEN_GATE

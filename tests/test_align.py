@@ -207,7 +207,11 @@ def test_method_none_merges_the_sft_adapter(aligned, tmp_path):
     raw["align"]["method"] = "none"
     off = type(cfg).model_validate(raw)
     assert align.main(off) is None
+    note = (tmp_path / "aligned/align_config.json").read_bytes()
     assert [p.name for p in (tmp_path / "aligned").iterdir()] == ["align_config.json"]
+    raw["align"]["dpo"]["beta"] = 0.5  # a setting of a method not in use: the same note, so merge_model does not rerun
+    align.main(type(cfg).model_validate(raw))
+    assert (tmp_path / "aligned/align_config.json").read_bytes() == note
     merge_model.main(off)
     ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
     with torch.no_grad():

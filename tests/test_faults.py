@@ -40,18 +40,20 @@ from tests.conftest import (
     run_cli,
     stage_outputs,
 )
-from tests.modelkit import TINY_DAG_SFT, configure_tiny_dag
+from tests.modelkit import TINY_DAG_DPO, TINY_DAG_SFT, configure_tiny_dag
 
 FAULTKIT = ROOT / "tests" / "faultkit"
 SAVE_STEPS, MAX_STEPS = TINY_DAG_SFT["save_steps"], TINY_DAG_SFT["max_steps"]
+ALIGN_KILL = TINY_DAG_DPO["save_steps"] + 1  # a step after align's first checkpoint
 # Fake credentials, made afresh each run so that no file (this one included) holds them beforehand.
 SECRETS = {name: f"{prefix}{secrets.token_hex(12)}" for name, prefix in (
     ("HF_TOKEN", "hf_"), ("WANDB_API_KEY", ""), ("DVC_STUDIO_TOKEN", "isat_"), ("AWS_ACCESS_KEY_ID", "AKIA"),
     ("AWS_SECRET_ACCESS_KEY", ""), ("AWS_SESSION_TOKEN", ""), ("GITHUB_TOKEN", "ghp_"), ("GIT_PASSWORD", ""))}
 PATHS = output_paths(ROOT)  # dvc.yaml's vars: where each stage writes
 # stage (as dvc names it) -> the outputs it declares in dvc.yaml, but the live metrics and plots
-# that training writes as it goes (dvclive, under paths.train_live), by design
-OUTS = {stage: [path for path in outs if not path.startswith(f"{PATHS['train_live']}/")]
+# that training writes as it goes (dvclive, under paths.train_live and paths.align_live), by design
+OUTS = {stage: [path for path in outs if not any(path == PATHS[live] or path.startswith(f"{PATHS[live]}/")
+                                                 for live in ("train_live", "align_live"))]
         for stage, outs in stage_outputs(ROOT).items()}
 COMPARED = [PATHS["train"], PATHS["val"], PATHS["report"], PATHS["sanity_results"],
             f"{PATHS['export']}/model-q8_0.gguf", f"{PATHS['export']}/Modelfile"]
@@ -98,7 +100,7 @@ def reference_chain(tmp: Path, model: Path) -> tuple[Path, list, Path, dict]:
     """The uninterrupted run; then, in a copy, a second ``dvc exp run`` (which must run nothing) and
     one with a training change (which must run the model stages only). Returns the repo, what dvc
     printed, the stages' environment records and the copy's two runs."""
-    repo = configure_tiny_dag(make_clone(tmp / "repo"), model)
+    repo = configure_tiny_dag(make_clone(tmp / "repo"), model, align=True)
     log, record = [], tmp / "environments"
     record.mkdir()
     proc = dvc(repo, "repro", log=log, record=record)
@@ -118,7 +120,7 @@ def reference_chain(tmp: Path, model: Path) -> tuple[Path, list, Path, dict]:
 
 def faulted_chain(tmp: Path, model: Path) -> tuple[Path, list, dict, tuple[int, int, int]]:
     """Kill every stage once and training three times; returns the repo and what was seen."""
-    repo = configure_tiny_dag(make_clone(tmp / "repo"), model)
+    repo = configure_tiny_dag(make_clone(tmp / "repo"), model, align=True)
     log, seen = [], {"stale": {}, "present": {}, "checkpoints": [], "secrets_mid_run": []}
 
     def kill(module: str, how: str = "replace", command: tuple[str, ...] = ("repro",)) -> str:
@@ -128,8 +130,10 @@ def faulted_chain(tmp: Path, model: Path) -> tuple[Path, list, dict, tuple[int, 
         return stage
 
     for module in ("generate_identity_data", "process_data", "data_split",
-                   "fetch_base_model", "generate_replay_data", "merge_data"):
+                   "fetch_base_model", "generate_replay_data"):
         kill(module)
+    kill("preference_data", command=("repro", "preference_data"))  # alone: a plain repro may train first
+    kill("merge_data")
     # training: a kill at a random step, one while a checkpoint is written, one more at a random step
     first = random.Random(0).randint(1, 2 * SAVE_STEPS - 1)
     during_save = random.Random(1).choice([s for s in range(2 * SAVE_STEPS, MAX_STEPS, SAVE_STEPS)])
@@ -139,6 +143,9 @@ def faulted_chain(tmp: Path, model: Path) -> tuple[Path, list, dict, tuple[int, 
         seen["checkpoints"].append((how, checkpoint_steps(repo),
                                     any((repo / PATHS["checkpoints"]).glob("*/.staging/checkpoint-*"))))
     seen["secrets_mid_run"] = scan_for_secrets(repo)  # checkpoints on disk now
+    # preference training after SFT, killed halfway: the next run resumes it from its checkpoint
+    kill("align", f"step:{ALIGN_KILL}")
+    seen["align_checkpoints"] = checkpoint_steps(repo)
     # a dvc exp run resumes and finishes training, then each later stage is killed once
     kill("merge_model", command=("exp", "run"))
     for module in ("sanity_check", "evaluate"):
@@ -171,8 +178,8 @@ def faulted(fault_runs):
 def test_a_killed_stage_leaves_no_output_dvc_would_take_as_complete(faulted):
     _, _, seen, _ = faulted
     assert set(seen["stale"]) >= {"generate_identity_data", "process_data", "data_split", "fetch_base_model",
-                                  "generate_replay_data", "merge_data", "train", "merge_model", "sanity_check",
-                                  "evaluate"}
+                                  "generate_replay_data", "merge_data", "preference_data", "train", "align",
+                                  "merge_model", "sanity_check", "evaluate"}
     assert all(seen["stale"].values()), seen["stale"]  # dvc status reports every killed stage
     assert not any(seen["present"].values()), seen["present"]  # and none left its output in place
 
@@ -196,6 +203,16 @@ def test_training_resumes_after_each_kill(faulted):
     with (live / "plots/metrics/train/loss.tsv").open() as f:
         assert [int(r["step"]) for r in csv.DictReader(f, delimiter="\t")] == list(range(1, MAX_STEPS + 1))
     assert not checkpoint_steps(repo)  # spent once the adapter was saved
+
+
+@pytest.mark.slow
+def test_preference_training_resumes_after_a_kill(faulted):
+    repo, _, seen, _ = faulted
+    saved = TINY_DAG_DPO["save_steps"]
+    assert seen["align_checkpoints"] == [saved]  # the kill came a step after the first checkpoint
+    metrics = json.loads((repo / PATHS["align_live"] / "metrics.json").read_text())
+    assert metrics["method"] == "dpo" and metrics["steps"] == TINY_DAG_DPO["max_steps"]
+    assert metrics["resumed_from_step"] == saved
 
 
 @pytest.mark.slow
@@ -231,7 +248,8 @@ def test_no_credential_from_the_environment_is_written_or_printed(faulted, refer
 
 
 # The credentials a stage may see: the Hub token to download, the Studio token for live metrics.
-STAGE_SECRETS = {"fetch_base_model": {"HF_TOKEN"}, "train": {"DVC_STUDIO_TOKEN"}}
+STAGE_SECRETS = {"fetch_base_model": {"HF_TOKEN"}, "train": {"DVC_STUDIO_TOKEN"},
+                 "align": {"DVC_STUDIO_TOKEN"}}  # live metrics
 
 
 @pytest.mark.slow

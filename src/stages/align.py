@@ -156,8 +156,8 @@ def save_adapter(cfg: Params, trainer, tokenizer, config, fingerprint: str, summ
 def skip(cfg: Params) -> dict:
     """``align.method: none``: a note in place of the adapter, and metrics that say so."""
     summary = {"method": "none"}
-    with output_folder(Path(cfg.paths.aligned)) as partial:
-        write_json(partial / ALIGN_CONFIG_FILE, {"params": cfg.model_dump(include={"align"}), "summary": summary})
+    with output_folder(Path(cfg.paths.aligned)) as partial:  # no params in it: merge_model reruns for none of them
+        write_json(partial / ALIGN_CONFIG_FILE, {"summary": summary})
     with output_folder(Path(cfg.paths.align_live)) as partial:
         write_json(partial / "metrics.json", summary)
     log.info("align.method is none: merge_model takes the SFT adapter (%s)", cfg.paths.adapter)
