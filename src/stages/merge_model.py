@@ -167,7 +167,8 @@ def main(cfg: Params) -> None:
     paths = cfg.paths
     base_dir, adapter_dir, out = Path(paths.base_model), merged_adapter(paths), Path(paths.merged_model)
     train_config = read_json(Path(paths.adapter) / TRAIN_CONFIG_FILE)
-    align_config = read_json(Path(paths.aligned) / ALIGN_CONFIG_FILE)["summary"]
+    note = Path(paths.aligned) / ALIGN_CONFIG_FILE  # align writes it; merge_model run alone: as none
+    align_config = read_json(note)["summary"] if note.is_file() else {"method": "none"}
     log.info("merging %s (%s)", adapter_dir, "the SFT adapter" if align_config["method"] == "none"
              else f"the SFT adapter after {align_config['method']}")
     dtype = weights_dtype(cfg.train.precision)  # fp32 on CPU, where training kept fp32 weights
