@@ -57,6 +57,7 @@ from tests.cloudkit import (
 from tests.conftest import (
     OFFLINE,
     ROOT,
+    STAGE_SECRETS,
     InThreads,
     files_holding,
     head_start,
@@ -707,9 +708,7 @@ def test_no_credential_is_written_anywhere(s3_run):
     assert files_holding(tmp, SECRETS.values()) == [f"{tmp / 'planted.txt'}: {SECRETS['GIT_TOKEN']}"]
 
 
-# The secrets a stage process may hold: the Hub token to download, the Studio token for live
-# metrics (as TRAIN_STUDIO_TOKEN); and those dvc exp run holds for them, which every stage can read.
-STAGE_SECRETS = {"fetch_base_model": {"HF_TOKEN"}, "train": {"DVC_STUDIO_TOKEN"}}
+# The secrets dvc exp run holds for the stages (STAGE_SECRETS), which every stage can read.
 DVC_EXP_RUN_SECRETS = {"HF_TOKEN", "DVC_STUDIO_TOKEN"}
 
 

@@ -32,6 +32,7 @@ from src.config import output_paths
 from tests.conftest import (
     MODEL_STAGES,
     ROOT,
+    STAGE_SECRETS,
     InThreads,
     files_holding,
     head_start,
@@ -247,9 +248,6 @@ def test_no_credential_from_the_environment_is_written_or_printed(faulted, refer
     assert not [v for v in SECRETS.values() if v in printed]
 
 
-# The credentials a stage may see: the Hub token to download, the Studio token for live metrics.
-STAGE_SECRETS = {"fetch_base_model": {"HF_TOKEN"}, "train": {"DVC_STUDIO_TOKEN"},
-                 "align": {"DVC_STUDIO_TOKEN"}}  # live metrics
 
 
 @pytest.mark.slow

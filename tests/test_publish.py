@@ -103,7 +103,7 @@ def record_run(clone: Path, *stages: str) -> None:
     as a run would (``dvc commit``; their other inputs stand in as small files)."""
     paths = repo_params()["paths"]
     for stub in (f"{paths['base_model']}/config.json", f"{paths['adapter']}/adapter_config.json", paths["report"],
-                 f"{paths['train_live']}/metrics.json"):
+                 f"{paths['train_live']}/metrics.json", f"{paths['aligned']}/align_config.json"):
         (clone / stub).parent.mkdir(parents=True, exist_ok=True)
         (clone / stub).write_text("{}\n")
     run_cli(["dvc", "commit", "-f", *stages], clone, check=True)
