@@ -266,20 +266,11 @@ class MotoS3:
     """``moto_server`` (an in-memory S3) on a free port of 127.0.0.1, with ``bucket`` created."""
 
     def __init__(self, bucket: str, env: dict[str, str]):
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                                      "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url, timeout=1)  # noqa: S310 (loopback)
+        for attempt in range(3):  # a port taken between free_port() and the bind, or a slow start under load
+            if self._start():
                 break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.close()
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.2)
+            if attempt == 2:
+                raise RuntimeError("moto_server did not start")
         import boto3
 
         self.client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
@@ -287,6 +278,23 @@ class MotoS3:
                                    aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
         self.client.create_bucket(Bucket=bucket)
         self.bucket = bucket
+
+    def _start(self, seconds: float = 60) -> bool:
+        """moto_server on a free port; whether it answered within ``seconds`` (if not, it is stopped)."""
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                                      "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                urllib.request.urlopen(self.url, timeout=1)  # noqa: S310 (loopback)
+                return True
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.close()
+                    return False
+                time.sleep(0.2)
 
     def keys(self) -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
