@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from src.errors import PipelineError
 from src.formats import FORMATS, PREFERENCE_FORMATS
@@ -247,6 +247,22 @@ Scalar = str | int | float | bool | None
 LibraryFields = dict[str, Scalar | list[Scalar] | dict[str, Scalar]]  # gradient_checkpointing_kwargs: a dict
 
 
+RESERVED_SFT_KEYS = frozenset({"output_dir", "report_to", "use_cpu", "bf16", "fp16", "seed",
+                               "logging_dir", "run_name", "push_to_hub", "hub_model_id", "hub_token",
+                               "include_num_input_tokens_seen"})
+
+
+def _not_pipeline_owned(fields: LibraryFields) -> LibraryFields:
+    owned = sorted(RESERVED_SFT_KEYS & fields.keys())
+    if owned:
+        raise ValueError(f"{', '.join(owned)} is set by the pipeline; remove it "
+                         "(precision: train.precision; seed: train.seed; output_dir: the vars of dvc.yaml)")
+    return fields
+
+
+TrainerFields = Annotated[LibraryFields, AfterValidator(_not_pipeline_owned)]  # a TRL trainer config's fields
+
+
 class ReplayLossParams(Section):
     """How the replay records (``generate_replay_data``) are trained on: ``ce`` as any record
     (the base's greedy answers as targets), ``kl`` towards the base's whole next-token
@@ -272,16 +288,7 @@ class TrainParams(Section):
     replay: ReplayLossParams
     quantization: LibraryFields
     lora: LibraryFields
-    sft: LibraryFields
-
-    @field_validator("sft")
-    @classmethod
-    def _pipeline_owned(cls, sft: LibraryFields) -> LibraryFields:
-        owned = sorted(RESERVED_SFT_KEYS & sft.keys())
-        if owned:
-            raise ValueError(f"{', '.join(owned)} is set by the pipeline; remove it "
-                             "(precision: train.precision; seed: train.seed; output_dir: the vars of dvc.yaml)")
-        return sft
+    sft: TrainerFields
 
     @model_validator(mode="after")
     def _kl_in_one_process(self) -> TrainParams:
@@ -295,9 +302,6 @@ class TrainParams(Section):
         return bool(self.quantization.get("load_in_4bit") or self.quantization.get("load_in_8bit"))
 
 
-RESERVED_SFT_KEYS = frozenset({"output_dir", "report_to", "use_cpu", "bf16", "fp16", "seed",
-                               "logging_dir", "run_name", "push_to_hub", "hub_model_id", "hub_token",
-                               "include_num_input_tokens_seen"})
 ALIGN_METHODS = ("none", "dpo", "kto")
 
 
@@ -329,17 +333,8 @@ class AlignParams(Section):
     generated: GeneratedPairParams
     val_fraction: Share  # share of the prompts held out (generated identity pairs: data_split's templates)
     seed: Seed  # seeds the generated wordings, the sample and the held-out prompts
-    dpo: LibraryFields
-    kto: LibraryFields
-
-    @field_validator("dpo", "kto")
-    @classmethod
-    def _pipeline_owned(cls, fields: LibraryFields) -> LibraryFields:
-        owned = sorted(RESERVED_SFT_KEYS & fields.keys())
-        if owned:
-            raise ValueError(f"{', '.join(owned)} is set by the pipeline; remove it "
-                             "(precision: train.precision; seed: train.seed; output_dir: the vars of dvc.yaml)")
-        return fields
+    dpo: TrainerFields
+    kto: TrainerFields
 
     @model_validator(mode="after")
     def _some_pairs(self) -> AlignParams:

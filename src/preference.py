@@ -23,14 +23,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from src.errors import PipelineError
 from src.files import open_atomic
-from src.records import Record, Turn, normalise
+from src.records import Record, Turn, normalise, read_models
 
 
 class PreferencePair(BaseModel):
@@ -80,20 +78,7 @@ class PreferencePair(BaseModel):
 
 def read_pairs(path: str | os.PathLike) -> Iterator[PreferencePair]:
     """The pairs of a JSON Lines file; a bad line raises PipelineError with its number."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield PreferencePair.model_validate_json(line)
-            except ValidationError as err:
-                first = err.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                detail = f"{where}: {first['msg']}" if where else first["msg"]
-                raise PipelineError(f"{path}:{lineno}: not a valid preference pair ({detail})") from err
+    return read_models(path, PreferencePair, "preference pair")
 
 
 def write_pairs(path: str | os.PathLike, pairs: Iterable[PreferencePair]) -> int:

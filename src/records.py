@@ -101,6 +101,12 @@ def stable_hash(text: str, seed: int) -> float:
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[Record]:
     """Yield the records of a JSON Lines file; a bad line raises PipelineError with its number."""
+    return read_models(path, Record, "record")
+
+
+def read_models(path: str | os.PathLike, model: type[BaseModel], what: str) -> Iterator:
+    """Yield each line of a JSON Lines file as ``model``; a bad line raises PipelineError naming the
+    file, the line's number and "not a valid ``what``"."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: file not found")
@@ -113,12 +119,12 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Record]:
             if not line.strip():
                 continue
             try:
-                yield Record.model_validate_json(line)
+                yield model.model_validate_json(line)
             except ValidationError as err:
                 first = err.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
                 detail = f"{where}: {first['msg']}" if where else first["msg"]
-                raise PipelineError(f"{path}:{lineno}: not a valid record ({detail})") from err
+                raise PipelineError(f"{path}:{lineno}: not a valid {what} ({detail})") from err
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Record]) -> int:
