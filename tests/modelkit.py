@@ -10,6 +10,8 @@
 * ``configure_tiny_dag``: a clone's params.yaml set for a whole-DAG run of seconds per stage.
 * ``tiny_params``, ``prepared``, ``build_data``: the same settings for stages called in-process
   on temporary paths (``prepared``: the data stages' outputs and the fetched tiny base).
+* ``llama_cpp_model``: llama.cpp (llama-cpp-python) on a GGUF file, as the exported files' tests
+  load it.
 * ``TINY_SFT`` (the in-process runs) and ``TINY_DAG_SFT`` (a whole-DAG run, derived from it):
   the tiny model's training settings, merged over params.yaml's ``train.sft``.
 """
@@ -30,6 +32,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CHATML_TEMPLATE = (ROOT / "src/templates/chatml.jinja").read_text(encoding="utf-8")
 # Llama-2-chat's template as published with meta-llama/Llama-2-7b-chat-hf.
 LLAMA2_TEMPLATE = (ROOT / "src/templates/llama-2.jinja").read_text(encoding="utf-8")
+
+
+def llama_cpp_model(path: Path, **options):
+    """llama-cpp-python's ``Llama`` on ``path``, greedy-reproducible (``seed=0``), quiet, without
+    llama.cpp's extra weight buffer types (llama-cli's ``--no-repack``): on a CPU with AMX, a build
+    from source (``-march=native``) puts quantized weights in the AMX buffer, whose matrix product
+    crashes the process with a segmentation fault (llama.cpp issue 20824; seen here on q8_0 and
+    q4_1). The weights and the results are the same; the products go through the plain CPU path."""
+    from unittest import mock
+
+    import llama_cpp
+    from llama_cpp import Llama
+
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with mock.patch.object(llama_cpp.llama_cpp, "llama_model_default_params", without_extra_buffers):
+        return Llama(str(path), verbose=False, seed=0, **options)
 
 
 def sample_texts() -> list[str]:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import MODEL_STAGES, REAL_MODEL_THREADS, Background, head_start, make_clone, ran_stages, run_cli
+from tests.modelkit import llama_cpp_model
 
 pytestmark = pytest.mark.slow
 
@@ -137,9 +138,7 @@ def test_metrics_and_plots_visible_to_dvc(pipeline):
 # --- the exported model in clients no one here wrote (tests/test_export.py: the mechanics) ------
 
 def llama_cpp(repo, kind: str):
-    from llama_cpp import Llama
-
-    return Llama(str(repo / "models" / "export" / f"model-{kind}.gguf"), n_ctx=1024, verbose=False, seed=0)
+    return llama_cpp_model(repo / "models" / "export" / f"model-{kind}.gguf", n_ctx=1024)
 
 
 def chat_llama_cpp(llm, question: str, max_tokens: int) -> dict:

@@ -26,7 +26,14 @@ from src.errors import PipelineError
 from src.gguf_writer import read_config, write_gguf
 from src.ollama import modelfile
 from tests.conftest import params_file, run_cli
-from tests.modelkit import CHATML_TEMPLATE, LLAMA2_TEMPLATE, llama2_tokenizer, smollm2_tokenizer, tiny_model_folder
+from tests.modelkit import (
+    CHATML_TEMPLATE,
+    LLAMA2_TEMPLATE,
+    llama2_tokenizer,
+    llama_cpp_model,
+    smollm2_tokenizer,
+    tiny_model_folder,
+)
 
 SYSTEM = "You are a helpful AI assistant 🦊. 你好，我是助手. مرحبا!"
 NAME = "Tiny 🦊 小助手 مساعد"
@@ -72,10 +79,8 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def llama_cpp_model(path: Path):
-    from llama_cpp import Llama
-
-    return Llama(str(path), n_ctx=256, logits_all=True, verbose=False, seed=0)
+def llama_cpp_logits(path: Path):
+    return llama_cpp_model(path, n_ctx=256, logits_all=True)
 
 
 def test_gguf_metadata_carries_the_training_chat_template(exported):
@@ -100,7 +105,7 @@ def test_llama_cpp_renders_the_chat_template_of_training(exported):
 
     _, folder, files = exported
     tok = AutoTokenizer.from_pretrained(folder)
-    llm = llama_cpp_model(files["q8_0"])
+    llm = llama_cpp_logits(files["q8_0"])
     special = {k: llm._model.token_get_text(i) for k, i in (("eos_token", llm.token_eos()),
                                                             ("bos_token", llm.token_bos()))}
     formatter = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], **special)
@@ -117,7 +122,7 @@ def test_llama_cpp_tokenizes_as_transformers(exported):
 
     kind, folder, files = exported
     tok = AutoTokenizer.from_pretrained(folder)
-    llm = llama_cpp_model(files["q8_0"])
+    llm = llama_cpp_logits(files["q8_0"])
     for system in ([], [{"role": "system", "content": "Be brief."}]):
         prompt = tok.apply_chat_template(system + TWO_TURNS, tokenize=False, add_generation_prompt=True)
         expected = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -138,7 +143,7 @@ def test_llama_cpp_logits_match_transformers(exported, kind, tolerance):
     ids = AutoTokenizer.from_pretrained(folder).apply_chat_template(TWO_TURNS, add_generation_prompt=True,
                                                                     tokenize=True, return_dict=True)["input_ids"]
     expected = hf_logits(hf_model(folder), ids)
-    llm = llama_cpp_model(files[kind])
+    llm = llama_cpp_logits(files[kind])
     llm.eval(ids)
     got = np.asarray(llm.scores[:len(ids)])
     spread = expected.max() - expected.min()
@@ -265,8 +270,6 @@ def test_a_template_that_rewrites_contents_gets_no_modelfile(tmp_path):
 def test_export_stage_writes_gguf_files_a_k_quant_and_the_modelfile(tmp_path):
     """export_model on a tiny merged folder: f16, q8_0 and q4_k_m (llama.cpp's quantizer) that
     llama.cpp loads and answers from, and a Modelfile that loads the q8_0 file."""
-    from llama_cpp import Llama
-
     from tests.conftest import make_clone
 
     repo = make_clone(tmp_path / "repo")
@@ -284,7 +287,7 @@ def test_export_stage_writes_gguf_files_a_k_quant_and_the_modelfile(tmp_path):
     written = parse_modelfile((out / "Modelfile").read_text(encoding="utf-8"))
     assert written["FROM"] == ["./model-q8_0.gguf"]
     assert written["SYSTEM"] == [SYSTEM]
-    llm = Llama(str(out / "model-q4_k_m.gguf"), n_ctx=128, verbose=False)
+    llm = llama_cpp_model(out / "model-q4_k_m.gguf", n_ctx=128)
     assert llm.metadata["general.name"] == NAME
     reply = llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
     assert reply["choices"][0]["finish_reason"] in ("stop", "length")
