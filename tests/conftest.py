@@ -341,7 +341,7 @@ class Background:
 # other idle, for four minutes. Behind the session, the runs take what it leaves, and the tests
 # that wait for them find them done or on both cores. A run named ``ahead`` does not give way:
 # a chain long enough to be the session's tail when it starts last (the preempted cloud job,
-# four machines one after another).
+# three machines one after another).
 YIELD_TO_SESSION = 5
 
 

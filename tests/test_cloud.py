@@ -11,8 +11,8 @@ trips, each ending in a second clone that pulls the experiment back and finds it
   Studio's API recording the live metrics; every stage process records what it could read of
   its own environment and its ancestors'.
 * The committed local remote, with preemption: the first machine is killed in training, the
-  second after training (in merge_model), the third finishes from the checkpoints in the
-  "bucket"; its adapter equals the uninterrupted S3 run's.
+  second after training (inside ``dvc exp push``), the third finishes from the checkpoints in
+  the "bucket"; its adapter equals the uninterrupted S3 run's.
 
 Both jobs start with the test session (conftest.py: ``head_start``) and go on beside the other
 tests; the slow tests that check them run last.
@@ -581,9 +581,10 @@ def s3_job(tmp: Path, model: Path) -> dict:
 
 
 def preempted_job(tmp: Path, model: Path) -> dict:
-    """The committed local remote, a bare origin on disk, and a managed job preempted twice:
-    three machines in turn, with the same task id and the same checkpoint bucket. Each machine
-    starts from the laptop's copy, so each imports the profile's files from the Hub again."""
+    """The committed local remote, a bare origin on disk, and a managed job preempted twice
+    (in training, then in ``dvc exp push`` after training): three machines in turn, with the same
+    task id and the same checkpoint bucket. Each machine starts from the laptop's copy, so each
+    imports the profile's files from the Hub again."""
     run_cli(["git", "init", "-q", "--bare", "-b", "main", str(tmp / "origin.git")], tmp, check=True)
     laptop = configure_tiny_dag(make_clone(tmp / "laptop"), model)
     (laptop / "profiles/loopback.yaml").write_text(LOOPBACK_PROFILE)
@@ -597,7 +598,7 @@ def preempted_job(tmp: Path, model: Path) -> dict:
     env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
     runs = []
     try:
-        for i, fault in enumerate([("train", "step:7"), ("merge_model", "replace"), ("push", "push-cache"), None]):
+        for i, fault in enumerate([("train", "step:7"), ("push", "push-cache"), None]):
             machine = shutil.copytree(laptop, tmp / f"machine{i}", symlinks=True)
             code, output = on_machine(machine, env, fault, setup=i == 0)
             steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (tmp / "bucket").glob("*/*/*/checkpoint-*"))
@@ -740,11 +741,11 @@ def test_no_stage_can_read_the_git_token_or_storage_keys_in_any_ancestor(s3_run)
 
 @pytest.mark.slow
 def test_preempted_run_resumes_from_the_bucket_and_finishes(preempted_run):
-    first, second, pushing, third = preempted_run["runs"]
+    first, second, third = preempted_run["runs"]
     save = TINY_DAG_SFT["save_steps"]
     assert first["code"] != 0 and "faultkit: SIGKILL src.stages.train" in first["output"]
     assert first["steps"] == [save, 2 * save]  # the checkpoints before step 7, in the bucket
-    assert second["code"] != 0 and "faultkit: SIGKILL src.stages.merge_model" in second["output"]
+    assert second["code"] != 0 and "faultkit: SIGKILL push" in second["output"]  # after training
     assert f"checkpoint-{2 * save} (step {2 * save})" in second["output"]  # resumed
     last = TINY_DAG_SFT["max_steps"]
     assert second["steps"] == [last - save, last]  # kept after training: results not pushed yet
@@ -756,11 +757,11 @@ def test_preempted_run_resumes_from_the_bucket_and_finishes(preempted_run):
 
 @pytest.mark.slow
 def test_a_push_cut_after_the_git_refs_is_made_whole_by_the_recovered_run(preempted_run):
-    """The third machine dies inside dvc exp push, after the ref reached origin and before any
-    output reached the DVC remote. On the fourth, dvc exp push finds the remote ref diverged,
+    """The second machine dies inside dvc exp push, after the ref reached origin and before any
+    output reached the DVC remote. On the third, dvc exp push finds the remote ref diverged,
     warns and uploads nothing; the check sees it, pushes again over the stale ref, and only
     then are the checkpoints deleted."""
-    pushing, recovered = preempted_run["runs"][2:]
+    pushing, recovered = preempted_run["runs"][1:]
     name = preempted_run["name"]
     assert pushing["code"] != 0 and "faultkit: SIGKILL push (push-cache)" in pushing["output"]
     assert pushing["origin_refs"].rstrip().endswith(f"/{name}")  # the ref reached origin,
