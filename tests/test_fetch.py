@@ -319,7 +319,9 @@ def test_pickled_weights_refused_unless_params_allow_them(tmp_path, hub_folder):
 
 @pytest.mark.slow
 def test_smollm2_gguf_tokenizer_special_tokens():
-    tok = fetching.gguf_tokenizer()
+    from tests.modelkit import smollm2_tokenizer
+
+    tok = smollm2_tokenizer()  # fetching.gguf_tokenizer(), read once a session
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert tok.pad_token_id != tok.eos_token_id
 
