@@ -107,9 +107,10 @@ def smollm2_tokenizer():
 
 @functools.cache
 def _smollm2_tokenizer():
-    from src.fetching import gguf_tokenizer
+    from src.fetching import gguf_parsed_once, gguf_tokenizer
 
-    return gguf_tokenizer()
+    with gguf_parsed_once():  # one parse of the file's metadata (seconds), not one for the tokenizer and the config
+        return gguf_tokenizer()
 
 
 def tiny_model_folder(dest: Path, tokenizer, seed: int = 0) -> Path:

@@ -23,25 +23,29 @@ pytestmark = pytest.mark.slow
 THREADS = {"OMP_NUM_THREADS": REAL_MODEL_THREADS}
 
 
+def threads(session) -> str | None:
+    """The real model's threads: beside other tests one (they take the other core; a second
+    thread would only spin, at the cost of their CPU); alone, those a user's run would get."""
+    alone = all(item.path == Path(__file__) for item in session.items)
+    return REAL_MODEL_THREADS if alone else "1"
+
+
 @pytest.fixture(scope="module", autouse=True)
-def real_model_threads():
-    """The models loaded here, in the test process, on the threads a user's would have."""
+def real_model_threads(request):
+    """The models loaded here, in the test process, on the threads the run had."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(int(REAL_MODEL_THREADS or len(os.sched_getaffinity(0))))
+    torch.set_num_threads(int(threads(request.session) or len(os.sched_getaffinity(0))))
     yield
     torch.set_num_threads(before)
 
 
 @head_start("real_model_run", first=True)
 def start_real_model_run(request, tmp_path_factory) -> Background:
-    """A clone and its ``dvc exp run``, started as the session starts (conftest: head_started).
-    Beside other tests the run keeps to one thread (they take the other core); alone, it gets
-    the threads a user's run would."""
-    alone = all(item.path == Path(__file__) for item in request.session.items)
+    """A clone and its ``dvc exp run``, started as the session starts (conftest: head_started)."""
     repo = make_clone(tmp_path_factory.mktemp("e2e") / "repo")
-    return Background(["dvc", "exp", "run"], repo, env={"OMP_NUM_THREADS": REAL_MODEL_THREADS if alone else "1"})
+    return Background(["dvc", "exp", "run"], repo, env={"OMP_NUM_THREADS": threads(request.session)})
 
 
 @pytest.fixture(scope="module")
