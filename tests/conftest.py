@@ -105,11 +105,11 @@ def stage_outputs(repo: Path = ROOT) -> dict[str, list[str]]:
 
 # The stages downstream of training: what a change to train's params reruns (not benchmark_base:
 # the base's scores depend on the base and the tasks alone).
+MODEL_STAGES = {"train", "align", "merge_model", "export_model", "sanity_check", "evaluate", "benchmark",
+                "quality_gate"}
 # The credentials a stage process may see (the rest are removed as it starts: src/cli.py): the Hub
 # token to download, the Studio token for live metrics (train's and align's).
 STAGE_SECRETS = {"fetch_base_model": {"HF_TOKEN"}, "train": {"DVC_STUDIO_TOKEN"}, "align": {"DVC_STUDIO_TOKEN"}}
-MODEL_STAGES = {"train", "align", "merge_model", "export_model", "sanity_check", "evaluate", "benchmark",
-                "quality_gate"}
 
 
 def ran_stages(output: str) -> set[str]:

@@ -248,8 +248,6 @@ def test_no_credential_from_the_environment_is_written_or_printed(faulted, refer
     assert not [v for v in SECRETS.values() if v in printed]
 
 
-
-
 @pytest.mark.slow
 def test_each_stage_sees_only_the_credentials_it_uses(reference):
     """Every fake credential is in dvc's environment; each stage process's own environment (read
