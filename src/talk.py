@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from src.chat import Message, generation_inputs
-from src.cli import one_line_errors
+from src.cli import leave_out, one_line_errors
 from src.errors import PipelineError
 
 COMMANDS = {"/reset": "start a new conversation", "/exit": "leave (Ctrl-D too)"}
@@ -123,4 +123,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    leave_out()  # its own process: starts as a stage does (src/cli.py)
     raise SystemExit(main())

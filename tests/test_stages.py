@@ -15,7 +15,7 @@ from src.files import write_json
 from src.formats import Drop, conversation_of, to_record
 from src.records import make_record, prompt_key, read_jsonl
 from src.stages import data_split, generate_identity_data, merge_data
-from tests.conftest import params_in, repo_params, run_cli, use_whole_samples
+from tests.conftest import ROOT, params_in, repo_params, run_cli, use_whole_samples
 
 
 def identity_params(**changes):
@@ -313,3 +313,32 @@ def test_each_stage_cli_in_order(clone):
     report = json.loads((clone / paths["report"]).read_text())
     assert report["train_val_prompt_overlap"] == 0
     assert report["train"]["rows"]["total"] == sum(1 for _ in read_jsonl(clone / paths["train"]))
+
+
+# what a stage's process starts without
+
+def stage_sees_scikit_learn(needs: tuple[str, ...]) -> str:
+    """What transformers and ``import sklearn`` make of scikit-learn in a process started through
+    ``run`` (as a stage's command is) whose stage names ``needs``."""
+    probe = ("import sys\n"
+             "from src.cli import run\n"
+             "def main(cfg):\n"
+             "    from transformers.utils import is_sklearn_available\n"
+             "    try:\n"
+             "        import sklearn\n"
+             "        imported = 'imported'\n"
+             "    except ModuleNotFoundError:\n"
+             "        imported = 'not found'\n"
+             "    print(is_sklearn_available(), imported)\n"
+             f"sys.exit(run(main, needs={needs!r}))\n")
+    return run_cli(["python", "-c", probe], ROOT, check=True).stdout.strip()
+
+
+def test_a_stage_starts_without_scikit_learn_unless_it_names_it():
+    """transformers imports scikit-learn (with scipy and pandas) whenever it finds it, for assisted
+    generation alone: a stage's process hides it, and transformers goes on without; the benchmark
+    stages, which name it for lm-eval's metrics, import it."""
+    assert stage_sees_scikit_learn(()) == "False not found"
+    assert stage_sees_scikit_learn(("sklearn",)) == "True imported"
+    for stage in ("benchmark", "benchmark_base"):
+        assert 'needs=("sklearn",)' in (ROOT / "src" / "stages" / f"{stage}.py").read_text(), stage

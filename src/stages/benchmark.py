@@ -35,4 +35,4 @@ def main(cfg: Params) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main, __doc__))
+    raise SystemExit(run(main, __doc__, needs=("sklearn",)))  # lm-eval's F1 and MCC
