@@ -23,6 +23,8 @@ import numpy as np
 
 from src.config import GGUF_WRITTEN
 from src.errors import PipelineError
+from src.gguf_lineage import PLACEHOLDER, TENSOR_DIGEST_KEY, stamp_tensor_digest
+from src.lineage import LINEAGE_KEY
 
 ARCHITECTURES = ("LlamaForCausalLM",)
 
@@ -254,9 +256,10 @@ def _nbytes(shape: Sequence[int], qtype) -> int:
     return int(np.prod(shape[:-1])) * shape[-1] // block * size
 
 
-def write_gguf(folder: Path, out: Path, kind: str, name: str, tokenizer=None) -> Path:
+def write_gguf(folder: Path, out: Path, kind: str, name: str, tokenizer=None, lineage: dict | None = None) -> Path:
     """``folder`` (a merged model: safetensors, tokenizer, chat template) as a GGUF file of
-    ``kind`` (one of GGUF_WRITTEN) at ``out``."""
+    ``kind`` (one of GGUF_WRITTEN) at ``out``, with the ``lineage`` record (src/lineage.py) under
+    LINEAGE_KEY and the digest of its tensor data under TENSOR_DIGEST_KEY (src/gguf_lineage.py)."""
     import gguf
     import torch
     from safetensors import safe_open
@@ -279,6 +282,9 @@ def write_gguf(folder: Path, out: Path, kind: str, name: str, tokenizer=None) ->
     writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     _add_hparams(writer, config, kind, name)
     _add_vocab(writer, folder, tokenizer, config["vocab_size"])
+    if lineage is not None:
+        writer.add_string(LINEAGE_KEY, json.dumps(lineage, sort_keys=True, ensure_ascii=False))
+    writer.add_string(TENSOR_DIGEST_KEY, PLACEHOLDER)  # written over once the tensors are in
     dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
     for p in plans:
         writer.add_tensor_info(p.name, p.shape, dtype.get(p.qtype, np.float32), _nbytes(p.shape, p.qtype),
@@ -291,6 +297,7 @@ def write_gguf(folder: Path, out: Path, kind: str, name: str, tokenizer=None) ->
         for p in tqdm(plans, desc=f"{out.name}", unit="tensor", mininterval=2.0):
             _write_tensor(writer, p, shards[p.file].get_tensor(p.source).to(torch.float32).numpy(), heads, kv_heads)
     writer.close()
+    stamp_tensor_digest(out)
     return out
 
 
@@ -316,4 +323,5 @@ def quantize_with_llama_cpp(source: Path, out: Path, kind: str) -> Path:
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params)
     if code != 0:
         raise PipelineError(f"{out}: llama.cpp's quantizer failed (code {code})")
+    stamp_tensor_digest(out)  # the quantizer copied the source's metadata, its digest with it
     return out

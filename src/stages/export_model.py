@@ -24,8 +24,9 @@ from pathlib import Path
 
 from src.cli import run
 from src.config import GGUF_MADE_FROM, Params
-from src.files import output_folder
+from src.files import output_folder, read_json
 from src.gguf_writer import quantize_with_llama_cpp, read_config, write_gguf
+from src.lineage import LINEAGE_FILE
 from src.ollama import modelfile
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def main(cfg: Params) -> dict[str, int]:
     if export.gguf:
         read_config(folder)  # an architecture the exporter cannot write fails before any work
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    lineage = read_json(folder / LINEAGE_FILE) if (folder / LINEAGE_FILE).is_file() else None  # merge_model's
     sizes: dict[str, int] = {}
     # the types gguf writes first: the k-quants are made from one of their files
     kinds = sorted(export.gguf, key=lambda k: GGUF_MADE_FROM[k] is not None)
@@ -51,13 +53,13 @@ def main(cfg: Params) -> dict[str, int]:
             start = time.monotonic()
             file = partial / gguf_name(kind)
             if GGUF_MADE_FROM[kind] is None:
-                write_gguf(folder, file, kind, cfg.generate_identity_data.name, tokenizer)
+                write_gguf(folder, file, kind, cfg.generate_identity_data.name, tokenizer, lineage)
             else:
                 quantize_with_llama_cpp(partial / gguf_name(GGUF_MADE_FROM[kind]), file, kind)
             sizes[kind] = file.stat().st_size
             log.info("%s: %.1f MB in %.1f s", gguf_name(kind), sizes[kind] / 1e6, time.monotonic() - start)
         if export.ollama:
-            text = modelfile(tokenizer, gguf_name(export.ollama), cfg.chat.system_prompt)
+            text = modelfile(tokenizer, gguf_name(export.ollama), cfg.chat.system_prompt, lineage)
             (partial / "Modelfile").write_text(text, encoding="utf-8")
             log.info("Modelfile: FROM ./%s (ollama create <name> -f %s)", gguf_name(export.ollama),
                      out / "Modelfile")

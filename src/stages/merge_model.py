@@ -17,7 +17,8 @@ from pathlib import Path
 
 from src.cli import run
 from src.config import Params
-from src.files import output_folder, read_json
+from src.files import output_folder, read_json, write_json
+from src.lineage import LINEAGE_FILE, card_section, model_lineage
 from src.modeling import (
     ALIGN_CONFIG_FILE,
     SOURCE_FILE,
@@ -62,7 +63,7 @@ def alignment_line(align: dict) -> str:
 
 
 def model_card(cfg: Params, source: dict, report: dict, metrics: dict, train_config: dict,
-               align: dict | None = None) -> str:
+               align: dict | None = None, lineage: dict | None = None) -> str:
     """A model card in Markdown, from what the earlier stages recorded."""
     name, base = base_model(cfg.fetch_base_model.model, source)
     rows = report["train"]["rows"]
@@ -111,6 +112,7 @@ Train/validation prompt overlap: {report.get('train_val_prompt_overlap')}.
 |---|---|
 {shown}
 
+{card_section(lineage) if lineage else ""}
 {how_to_use(cfg.generate_identity_data.name, cfg.chat.system_prompt)}
 Rebuild with `dvc exp run` from the repository that produced this folder.
 """
@@ -168,7 +170,8 @@ def main(cfg: Params) -> None:
     base_dir, adapter_dir, out = Path(paths.base_model), merged_adapter(paths), Path(paths.merged_model)
     train_config = read_json(Path(paths.adapter) / TRAIN_CONFIG_FILE)
     note = Path(paths.aligned) / ALIGN_CONFIG_FILE  # align writes it; merge_model run alone: as none
-    align_config = read_json(note)["summary"] if note.is_file() else {"method": "none"}
+    align_record = read_json(note) if note.is_file() else {"summary": {"method": "none"}}
+    align_config = align_record["summary"]
     log.info("merging %s (%s)", adapter_dir, "the SFT adapter" if align_config["method"] == "none"
              else f"the SFT adapter after {align_config['method']}")
     dtype = weights_dtype(cfg.train.precision)  # fp32 on CPU, where training kept fp32 weights
@@ -184,12 +187,16 @@ def main(cfg: Params) -> None:
         merged = adapted.merge_and_unload()
     tokenizer = load_tokenizer(adapter_dir)
 
-    card = model_card(cfg, read_json(base_dir / SOURCE_FILE), read_json(Path(paths.report)),
-                      read_json(Path(paths.train_live) / "metrics.json"), train_config, align_config)
+    source = read_json(base_dir / SOURCE_FILE)
+    lineage = model_lineage(source, train_config, align_record, cfg.merge_model.model_dump(mode="json"),
+                            tokenizer.chat_template)
+    card = model_card(cfg, source, read_json(Path(paths.report)), read_json(Path(paths.train_live) / "metrics.json"),
+                      train_config, align_config, lineage)
     with output_folder(out) as partial:
         merged.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         (partial / "README.md").write_text(card, encoding="utf-8")
+        write_json(partial / LINEAGE_FILE, lineage)
     log.info("wrote %s", out)
 
 

@@ -31,6 +31,7 @@ from src.distributed import relaunch_if_needed
 from src.errors import PipelineError
 from src.files import output_folder, write_json
 from src.library_configs import LibraryConfigs, build_configs, jsonable, load_training_base
+from src.lineage import data_digests
 from src.live_metrics import STUDIO_TOKEN_ENV, LiveMetrics, Throughput, mean_train_loss, open_live, write_summary
 from src.modeling import TRAIN_CONFIG_FILE, device_kind, load_tokenizer
 from src.throughput import autocast_flex_attention, score_labelled_positions_only
@@ -217,6 +218,7 @@ def save_adapter(cfg: Params, trainer, tokenizer, configs: LibraryConfigs, finge
         tokenizer.save_pretrained(partial)
         write_json(partial / TRAIN_CONFIG_FILE, jsonable({
             "params": cfg.model_dump(include={"fetch_base_model", "chat", "train"}),
+            "data": data_digests(cfg.paths.train, cfg.paths.val),  # the lineage of what merge_model ships
             "sft": configs.sft.to_dict(), "lora": configs.lora.to_dict(),
             "quantization": configs.quantization, "device": device_kind(), "checkpoint_fingerprint": fingerprint,
             "summary": summary,
