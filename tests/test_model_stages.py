@@ -196,6 +196,9 @@ def test_model_card(trained):
     assert str(folder.parent) not in card  # no path of this machine in a card that gets published
     assert f"| identity | {report['train']['rows']['identity']} | {report['val']['rows']['identity']} |" in card
     assert "| learning_rate | 0.005 |" in card and "train_loss" in card
+    metrics = card.split("## Training metrics")[1].split("##")[0]
+    live = json.loads((Path(cfg.paths.train_live) / "metrics.json").read_text())
+    assert f"| eval.loss | {live['eval']['loss']} |" in metrics and "{" not in metrics  # nested values, one per row
     name = cfg.generate_identity_data.name.lower()
     for client in ("**transformers**", "**llama.cpp**", f"ollama create {name} -f Modelfile", "vllm serve MODEL"):
         assert client in card.split("## How to use")[1], client

@@ -18,7 +18,7 @@ from pathlib import Path
 from src.cli import run
 from src.config import Params
 from src.files import output_folder, read_json, write_json
-from src.lineage import LINEAGE_FILE, card_section, model_lineage
+from src.lineage import LINEAGE_FILE, card_section, flat, model_lineage
 from src.modeling import (
     ALIGN_CONFIG_FILE,
     SOURCE_FILE,
@@ -75,7 +75,7 @@ def model_card(cfg: Params, source: dict, report: dict, metrics: dict, train_con
     keys = ["num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type",
             "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "max_length"]
     params = "\n".join(f"| {k} | {sft.get(k)} |" for k in keys)
-    shown = "\n".join(f"| {k} | {v} |" for k, v in sorted(metrics.items()))
+    shown = "\n".join(f"| {k} | {v} |" for k, v in sorted(flat(metrics).items()))  # eval.loss, not a dict
     return f"""---
 library_name: transformers
 tags: [sft, lora, trl, dvc]
