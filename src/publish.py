@@ -29,6 +29,8 @@ from pathlib import Path
 from src.cli import run
 from src.config import Params
 from src.errors import PipelineError
+from src.files import read_json
+from src.lineage import LINEAGE_FILE, flat
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +52,19 @@ class Upload:
         return (json.dumps({"files": sorted(self.files), "outputs": self.outputs}, indent=2) + "\n").encode()
 
 
-def publish(upload: Upload, repo_id: str, private: bool, revision: str, token: str, message: str) -> str:
+def publish(upload: Upload, repo_id: str, private: bool, revision: str, token: str, message: str,
+            description: str = "", card: str | None = None) -> str:
     """Create the repository if needed, commit ``upload`` (at its top level) with its manifest,
-    removing what the last upload wrote and this one lacks; return the commit URL."""
+    ``card`` as its README.md when given, ``message`` and ``description``, removing what the last
+    upload wrote and this one lacks; return the commit URL."""
     from httpx import TransportError
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     api = HfApi(token=token)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=card.encode("utf-8")
+                                     if name == "README.md" and card is not None else str(path))
                   for name, path in sorted(upload.files.items())]
     operations.append(CommitOperationAdd(path_in_repo=MANIFEST, path_or_fileobj=upload.manifest()))
     try:
@@ -70,7 +75,8 @@ def publish(upload: Upload, repo_id: str, private: bool, revision: str, token: s
         if gone:
             log.info("removing %s (an earlier upload's; this experiment has none) from %s", ", ".join(gone), repo_id)
         operations += [CommitOperationDelete(path_in_repo=name) for name in gone]
-        info = api.create_commit(repo_id, operations, commit_message=message, revision=revision, repo_type="model")
+        info = api.create_commit(repo_id, operations, commit_message=message, commit_description=description,
+                                 revision=revision, repo_type="model")
     except (HfHubHTTPError, LocalEntryNotFoundError) as err:
         raise PipelineError(f"{repo_id}: upload failed ({one_line(err, token)})") from err
     except (TransportError, OfflineModeIsEnabled) as err:
@@ -169,6 +175,50 @@ def card_title(card: Path) -> str:
     return next((line[2:].strip() for line in lines if line.startswith("# ")), "fine-tuned model")
 
 
+def hub_card(card: str, evaluation: dict | None, gate: dict | None) -> str:
+    """The card as uploaded: the merged folder's, then the run's evaluation and quality gate as
+    tables (they come after the merge, so the folder's own card cannot hold them)."""
+    parts: list[str] = []
+    if evaluation and isinstance(evaluation.get("base"), dict) and isinstance(evaluation.get("finetuned"), dict):
+        base, tuned = evaluation["base"], evaluation["finetuned"]
+        rows = [f"| {k} | {base[k]} | {tuned[k]} |" for k in tuned if k in base]
+        parts += ["## Evaluation", "",
+                  "Greedy answers to held-out questions with no system message (the `evaluate` stage: "
+                  "`sanity_check_result/evaluation.json`).", "",
+                  "| metric | base | fine-tuned |", "|---|---|---|", *rows, ""]
+        if "retention" in evaluation:
+            parts += [f"Retention: {evaluation['retention']} of the {evaluation.get('probes_base_knows')} probes "
+                      "the base answers right are still answered right.", ""]
+    if gate and isinstance(gate.get("checks"), dict):
+        rows = [f"| {name} | {c.get('value')} | {c.get('threshold')} | {'yes' if c.get('passed') else 'no'} |"
+                for name, c in gate["checks"].items()]
+        parts += ["## Quality gate", "", f"{'Passed' if gate.get('passed') else 'Failed'} "
+                  "(the thresholds of `quality_gate` in params.yaml).", "",
+                  "| check | value | threshold | passed |", "|---|---|---|---|", *rows, ""]
+    return card.rstrip("\n") + "\n\n" + "\n".join(parts) if parts else card
+
+
+def commit_description(merged: Path, gate: dict | None) -> str:
+    """The upload commit's description: the git commit the workspace is at (and whether its
+    params.yaml and dvc.lock differ from it, as after ``dvc exp apply``), the gate's verdict and
+    the merged model's lineage (src/lineage.py)."""
+    import subprocess
+
+    lines = []
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "params.yaml", "dvc.lock"],
+                                 capture_output=True, text=True).stdout.strip()
+        lines.append(f"Built at git commit {head.stdout.strip()}" +
+                     (" (params.yaml and dvc.lock changed since: an experiment applied, not committed)"
+                      if changed else ""))
+    if gate is not None:
+        lines.append(f"Quality gate: {'passed' if gate.get('passed') else 'failed'}")
+    if (merged / LINEAGE_FILE).is_file():
+        lines += ["", "Lineage:", *(f"{k}: {v}" for k, v in flat(read_json(merged / LINEAGE_FILE)).items())]
+    return "\n".join(lines)
+
+
 def main(cfg: Params, repo_id: str | None = None) -> str:
     p = cfg.publish
     if not (repo_id or p.repo_id):
@@ -184,8 +234,12 @@ def main(cfg: Params, repo_id: str | None = None) -> str:
     upload = Upload({**files_of(merged), **files_of(export)}, outputs)  # the GGUF files and Modelfile, if any
     log.info("uploading %s to %s, %s, branch %s", ", ".join(str(f) for f in upload.files.values()), repo_id,
              "private" if p.private else "public", p.revision)
+    results = {name: read_json(path) if path.is_file() else None
+               for name, path in (("evaluation", Path(cfg.paths.evaluation)), ("gate", Path(cfg.paths.quality_gate)))}
+    card = hub_card((merged / "README.md").read_text(encoding="utf-8"), results["evaluation"], results["gate"])
     url = publish(upload, repo_id, p.private, p.revision, token,
-                  f"{cfg.generate_identity_data.name}: {card_title(merged / 'README.md')}")
+                  f"{cfg.generate_identity_data.name}: {card_title(merged / 'README.md')}",
+                  commit_description(merged, results["gate"]), card)
     print(url)
     return url
 

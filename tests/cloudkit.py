@@ -177,8 +177,9 @@ class UploadHub(_Server):
     model card check, the preupload check (every file regular, so its bytes come inside the
     commit) and commits.
     Keeps every request (method, path, Authorization header, body) in ``requests``, the
-    created repositories in ``created`` and each commit's files in ``commits`` as
-    ``(repo, revision, summary, {path: bytes})``; anything else is a 404."""
+    created repositories in ``created``, each commit's files in ``commits`` as
+    ``(repo, revision, summary, {path: bytes})`` and its description in ``descriptions``;
+    anything else is a 404."""
 
     COMMIT = "c0ffee0000000000000000000000000000000001"
 
@@ -186,6 +187,7 @@ class UploadHub(_Server):
         self.requests: list[dict] = []
         self.created: list[dict] = []
         self.commits: list[tuple[str, str, str, dict[str, bytes]]] = []
+        self.descriptions: list[str] = []
         self.cards: list[str] = []
         hub = self
 
@@ -223,7 +225,9 @@ class UploadHub(_Server):
                 if len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "commit":
                     repo, revision = "/".join(parts[2:4]), "/".join(parts[5:])
                     lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-                    summary = next(x["value"]["summary"] for x in lines if x["key"] == "header")
+                    header = next(x["value"] for x in lines if x["key"] == "header")
+                    summary = header["summary"]
+                    hub.descriptions.append(header.get("description", ""))
                     added = {x["value"]["path"]: base64.b64decode(x["value"]["content"])
                              for x in lines if x["key"] == "file"}
                     hub.commits.append((repo, revision, summary, added))

@@ -164,6 +164,38 @@ def test_the_merged_folder_arrives_whole_in_one_private_commit(clone, hub, merge
     assert files_holding(Path.home() / ".cache" / "huggingface", [TOKEN]) == []  # no token file either
 
 
+def test_the_hub_card_shows_the_evaluation_and_gate_and_the_commit_says_where_the_model_came_from(
+        clone, hub, merged):
+    """The uploaded card is the folder's with the run's evaluation and quality gate as tables; the
+    commit's description names the git commit, the gate's verdict and the lineage."""
+    from src.lineage import LINEAGE_FILE
+
+    lineage = {"format": 1, "data": {"data/final/train.jsonl": "ab" * 16}, "params": {"train": "cd" * 16}}
+    (merged / LINEAGE_FILE).write_text(json.dumps(lineage))
+    record_run(clone, "merge_model")
+    paths = repo_params()["paths"]
+    evaluation = {"retention": 0.94, "probes_base_knows": 225,
+                  "base": {"identity_accuracy": 0.0, "val_loss": 2.41}, "finetuned": {"identity_accuracy": 1.0,
+                                                                                       "val_loss": 0.6}}
+    gate = {"passed": False, "checks": {"retention": {"value": 0.94, "threshold": 0.95, "passed": False}}}
+    for key, data in (("evaluation", evaluation), ("quality_gate", gate)):
+        (clone / paths[key]).parent.mkdir(parents=True, exist_ok=True)
+        (clone / paths[key]).write_text(json.dumps(data))
+    proc = publish(clone, hub, "--repo-id", "northwind/juniper-135m")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ((_, _, _, files),) = hub.commits
+    card = files["README.md"].decode()
+    assert card.startswith((merged / "README.md").read_text())  # the folder's card, then the results
+    assert "| identity_accuracy | 0.0 | 1.0 |" in card and "| val_loss | 2.41 | 0.6 |" in card
+    assert "Retention: 0.94 of the 225 probes" in card
+    assert "Failed (the thresholds" in card and "| retention | 0.94 | 0.95 | no |" in card
+    head = run_cli(["git", "rev-parse", "HEAD"], clone, check=True).stdout.strip()
+    (description,) = hub.descriptions
+    lines = description.splitlines()
+    assert lines[0].startswith(f"Built at git commit {head}") and "Quality gate: failed" in lines
+    assert f"data.data/final/train.jsonl: {'ab' * 16}" in lines and f"params.train: {'cd' * 16}" in lines
+
+
 def test_the_gguf_files_and_modelfile_go_in_the_same_commit(clone, hub, merged):
     """With export_model's folder present, its files sit beside the merged folder's in the one
     commit, where llama.cpp, Ollama (hf.co/<repo>) and LM Studio look for GGUF files."""
