@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -187,6 +190,15 @@ def test_each_shipped_file_traces_to_the_runs_data_and_base(pipeline):
         meta = read_metadata(file)
         assert json.loads(meta[LINEAGE_KEY]) == lineage, kind
         assert meta[TENSOR_DIGEST_KEY] == tensor_digest(file), kind
+    # traced back, as a user would: to the experiment dvc exp run committed, its inputs unchanged
+    start = time.monotonic()
+    traced = run_cli([sys.executable, "-m", "src.trace", "models/export/model-q8_0.gguf"], repo, check=True).stdout
+    seconds = time.monotonic() - start
+    refs = run_cli(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], repo, check=True).stdout
+    made = re.findall(r"^made by commit ([0-9a-f]{40}) \(([\w-]+)\)$", traced, re.M)
+    assert made and all(f"{sha} refs/exps/" in refs and f"/{name}\n" in refs + "\n" for sha, name in made), traced
+    assert traced.splitlines()[-1] == "inputs: the workspace's data and params are the recorded ones", traced
+    print(f"trace: {seconds:.1f} s")
 
 
 @pytest.mark.parametrize("kind, fewer", [("f16", 0), ("q8_0", 1)])
