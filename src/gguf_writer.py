@@ -256,6 +256,18 @@ def _nbytes(shape: Sequence[int], qtype) -> int:
     return int(np.prod(shape[:-1])) * shape[-1] // block * size
 
 
+def _add_base_model(writer, base: dict) -> None:
+    """llama.cpp's ``general.base_model.*`` keys for a base from the Hub (its converter's, which
+    the Hub reads to link a GGUF repository to its base model)."""
+    if base.get("kind") != "hub" or "/" not in base.get("repo", ""):
+        return
+    owner, _, name = base["repo"].partition("/")
+    writer.add_base_model_count(1)
+    writer.add_base_model_name(0, name)
+    writer.add_base_model_organization(0, owner)
+    writer.add_base_model_repo_url(0, f"https://huggingface.co/{base['repo']}")
+
+
 def write_gguf(folder: Path, out: Path, kind: str, name: str, tokenizer=None, lineage: dict | None = None) -> Path:
     """``folder`` (a merged model: safetensors, tokenizer, chat template) as a GGUF file of
     ``kind`` (one of GGUF_WRITTEN) at ``out``, with the ``lineage`` record (src/lineage.py) under
@@ -284,6 +296,7 @@ def write_gguf(folder: Path, out: Path, kind: str, name: str, tokenizer=None, li
     _add_vocab(writer, folder, tokenizer, config["vocab_size"])
     if lineage is not None:
         writer.add_string(LINEAGE_KEY, json.dumps(lineage, sort_keys=True, ensure_ascii=False))
+        _add_base_model(writer, lineage.get("base", {}))
     writer.add_string(TENSOR_DIGEST_KEY, PLACEHOLDER)  # written over once the tensors are in
     dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
     for p in plans:

@@ -314,6 +314,7 @@ def test_export_stage_writes_gguf_files_a_k_quant_and_the_modelfile(tmp_path):
     # every file, the quantizer's too, carries the folder's lineage (as llama.cpp reads it) and the
     # digest of its own tensor data
     assert json.loads(llm.metadata[LINEAGE_KEY]) == lineage
+    assert llm.metadata["general.base_model.0.repo_url"] == "https://huggingface.co/org/base"  # llama.cpp's keys
     digests = set()
     for kind in ("f16", "q8_0", "q4_k_m"):
         meta = read_metadata(out / f"model-{kind}.gguf")
