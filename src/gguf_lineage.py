@@ -25,6 +25,10 @@ _FIXED = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?"
 _STRING, _ARRAY = 8, 9
 
 
+def _truncated(path: Path) -> PipelineError:
+    return PipelineError(f"{path}: not a whole GGUF file (it ends inside its metadata)")
+
+
 class _Reader:
     def __init__(self, data: bytes, path: Path):
         self.data, self.pos, self.path = data, 0, path
@@ -32,7 +36,7 @@ class _Reader:
     def take(self, fmt: str):
         size = struct.calcsize(fmt)
         if self.pos + size > len(self.data):
-            raise PipelineError(f"{self.path}: not a whole GGUF file (it ends inside its metadata)")
+            raise _truncated(self.path)
         (value,) = struct.unpack_from(fmt, self.data, self.pos)
         self.pos += size
         return value
@@ -43,7 +47,7 @@ class _Reader:
         start = self.pos
         self.pos += n
         if self.pos > len(self.data):
-            raise PipelineError(f"{self.path}: not a whole GGUF file (it ends inside its metadata)")
+            raise _truncated(self.path)
         return start, bytes(self.data[start:self.pos])
 
     def skip_value(self, kind: int) -> None:
@@ -97,34 +101,41 @@ def _parse(data: bytes, path: Path) -> tuple[dict[str, tuple[int, bytes]], int]:
         dims = r.take("<I")
         r.pos += 8 * dims + 4 + 8  # the shape, the type, the offset
     if r.pos > len(data):
-        raise PipelineError(f"{path}: not a whole GGUF file (it ends inside its metadata)")
+        raise _truncated(path)
     return strings, -(-r.pos // alignment) * alignment
 
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The string values of a GGUF file's metadata, by key."""
-    strings, _ = _layout(Path(path))
-    return {key: value.decode("utf-8") for key, (_, value) in strings.items()}
+    return metadata_and_digest(path, digest=False)[0]
+
+
+def metadata_and_digest(path: Path, digest: bool = True) -> tuple[dict[str, str], str | None]:
+    """(the string values of the file's metadata, the sha256 of its tensor data: every byte after
+    its metadata), the metadata parsed once."""
+    strings, start = _layout(Path(path))
+    return {key: value.decode("utf-8") for key, (_, value) in strings.items()}, \
+        _digest_from(Path(path), start) if digest else None
 
 
 def tensor_digest(path: Path) -> str:
     """sha256 of the file's tensor data (every byte after its metadata)."""
-    _, start = _layout(Path(path))
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
+    return metadata_and_digest(path)[1]
+
+
+def _digest_from(path: Path, start: int) -> str:
+    with path.open("rb") as f:
         f.seek(start)
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def stamp_tensor_digest(path: Path) -> str:
     """Write the digest of the file's tensor data over the value of TENSOR_DIGEST_KEY (a
     placeholder, or a digest copied from the file it was made from); return it."""
-    strings, _ = _layout(Path(path))
+    strings, start = _layout(Path(path))
     if TENSOR_DIGEST_KEY not in strings or len(strings[TENSOR_DIGEST_KEY][1]) != len(PLACEHOLDER):
         raise PipelineError(f"{path}: no {TENSOR_DIGEST_KEY} placeholder to write the digest over")
-    digest = tensor_digest(path)
+    digest = _digest_from(Path(path), start)
     with Path(path).open("r+b") as f:
         f.seek(strings[TENSOR_DIGEST_KEY][0])
         f.write(digest.encode("ascii"))

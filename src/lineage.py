@@ -33,11 +33,8 @@ FORMAT = 1
 
 def file_md5(path: str | Path) -> str:
     """The md5 of a file's bytes: what dvc.lock records for it."""
-    h = hashlib.md5()
     with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def data_digests(*paths: str) -> dict[str, str]:

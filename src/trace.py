@@ -40,14 +40,14 @@ def read_lineage(path: Path) -> tuple[dict, list[str], bool]:
         if not (path / LINEAGE_FILE).is_file():
             raise PipelineError(f"{path}: no {LINEAGE_FILE} (a folder merge_model wrote carries one)")
         return json.loads((path / LINEAGE_FILE).read_text(encoding="utf-8")), [], True
-    from src.gguf_lineage import TENSOR_DIGEST_KEY, read_metadata, tensor_digest
+    from src.gguf_lineage import TENSOR_DIGEST_KEY, metadata_and_digest
 
-    meta = read_metadata(path)
+    meta, actual = metadata_and_digest(path)
     if LINEAGE_KEY not in meta:
         raise PipelineError(f"{path}: no {LINEAGE_KEY} in its metadata (not exported by this pipeline, or before "
                             "it wrote lineage)")
     lineage = json.loads(meta[LINEAGE_KEY])
-    recorded, actual = meta.get(TENSOR_DIGEST_KEY), tensor_digest(path)
+    recorded = meta.get(TENSOR_DIGEST_KEY)
     if recorded == actual:
         return lineage, [f"weights: tensor data sha256 {actual}, as written at export"], True
     return lineage, [f"weights: changed after export: tensor data sha256 {actual}, written at export {recorded}"], False
