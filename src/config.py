@@ -57,6 +57,7 @@ class Paths(Section):
     benchmark_base: NonEmptyStr
     benchmark: NonEmptyStr
     quality_gate: NonEmptyStr
+    cloud_cost: NonEmptyStr
     replay: NonEmptyStr
     preference_train: NonEmptyStr
     preference_val: NonEmptyStr

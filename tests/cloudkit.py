@@ -1,6 +1,7 @@
 """Stand-ins on 127.0.0.1 for the services a cloud run talks to: a git origin over HTTP that
 wants a token (git's own ``git http-backend``), an S3 endpoint (``moto_server``), DVC Studio's
-live-metrics API (records what it is sent) and the Hugging Face Hub's dataset files."""
+live-metrics API (records what it is sent), the Hugging Face Hub's dataset files and EC2's
+instance metadata service; and SkyPilot's price catalog as a file in a HOME."""
 
 from __future__ import annotations
 
@@ -127,6 +128,59 @@ class FakeStudio(_Server):
                 self.wfile.write(reply)
 
         super().__init__(Handler)
+
+
+class FakeImds(_Server):
+    """EC2's instance metadata service, IMDSv2: a token from ``PUT /latest/api/token``, then the
+    instance type and life cycle (``spot`` or ``on-demand``) to requests that carry it."""
+
+    def __init__(self, instance_type: str, spot: bool):
+        token = "imds-token-" + "".join(f"{b:02x}" for b in instance_type.encode())[:16]
+        answers = {"/latest/meta-data/instance-type": instance_type,
+                   "/latest/meta-data/instance-life-cycle": "spot" if spot else "on-demand"}
+        self.requests: list[str] = []
+        imds = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status: int, body: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def do_PUT(self):
+                imds.requests.append(f"PUT {self.path}")
+                ok = self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+                self.reply(200, token) if ok else self.reply(400, "")
+
+            def do_GET(self):
+                imds.requests.append(f"GET {self.path}")
+                if self.headers.get("X-aws-ec2-metadata-token") != token:
+                    self.reply(401, "")
+                else:
+                    self.reply(*((200, answers[self.path]) if self.path in answers else (404, "")))
+
+        super().__init__(Handler)
+
+
+CATALOG_COLUMNS = ("InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,SpotPrice,Region,"
+                   "AvailabilityZone,GpuInfo")
+
+
+def price_catalog(home: Path, cloud: str, rows: list[tuple[str, str, int, float, float, str, str]]) -> Path:
+    """SkyPilot's catalog of ``cloud`` in ``home`` (~/.sky/catalogs/<schema>/<cloud>/vms.csv), as
+    SkyPilot downloads it: rows of (instance type, GPU, GPUs, price, spot price, region, zone).
+    Written now, so SkyPilot takes it as fresh and does not fetch another."""
+    from sky.skylet.constants import CATALOG_SCHEMA_VERSION
+
+    path = home / ".sky/catalogs" / CATALOG_SCHEMA_VERSION / cloud / "vms.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{t},{gpu},{n},8,32,{price},{spot},{region},{zone}," for t, gpu, n, price, spot, region, zone in rows]
+    path.write_text("\n".join([CATALOG_COLUMNS, *lines]) + "\n")
+    return path
 
 
 class FakeHub(_Server):

@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,41 @@ def test_kept_checkpoints_let_a_rerun_skip_finished_training(setup, monkeypatch,
     finally:
         for folder in root.iterdir():
             shutil.rmtree(folder)
+
+
+def test_a_spent_budget_ends_training_at_the_checkpoint_it_just_saved(setup, monkeypatch, tmp_path):
+    """A cloud job whose attempts have spent $2 of a $1.50 budget (src/cloud/cost.py's record):
+    training stops after its first checkpoint (step 3 of 9), and the adapter it saves is that
+    checkpoint's, not the finished run's."""
+    from safetensors.torch import load_file
+
+    cfg, reference, _ = setup
+    now = time.time()
+    record = tmp_path / "cost.json"
+    record.write_text(json.dumps({"attempts": [{"price_per_hour": 1.0, "nodes": 1, "gpus_per_node": 1,
+                                                "started": now - 7200, "last_seen": now - 7200}]}))
+    monkeypatch.setenv("TRAIN_COST_RECORD", str(record))
+    monkeypatch.setenv("TRAIN_MAX_COST_USD", "1.5")
+    monkeypatch.setenv(checkpoints.KEEP_ENV_VAR, "1")
+    root = Path(cfg.paths.checkpoints)
+    try:
+        trainer = train.main(cfg)
+        assert trainer.state.global_step == 3
+        stop = json.loads((tmp_path / "budget.json").read_text())["stop"]
+        assert (stop["step"], stop["max_steps"], stop["max_cost_usd"]) == (3, 9, 1.5) and stop["spent_usd"] >= 2
+        (folder,) = [p for p in root.iterdir() if p.is_dir()]
+        saved = load_file(next((folder / "checkpoint-3").rglob("adapter_model.safetensors")))
+        stopped = adapter_weights(cfg)
+        assert all(torch_equal(stopped[k], v) for k, v in saved.items())
+        assert any((stopped[k] - v).abs().max().item() > 1e-4 for k, v in reference.items())
+        assert json.loads((Path(cfg.paths.train_live) / "metrics.json").read_text())["steps"] == 3
+    finally:
+        for folder in root.iterdir():
+            shutil.rmtree(folder)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and (a - b).abs().max().item() <= 1e-6
 
 
 def test_half_written_and_foreign_checkpoints_are_not_used(setup, monkeypatch, caplog):

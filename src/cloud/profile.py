@@ -2,13 +2,15 @@
 
 A profile is a nested mapping shaped like ``params.yaml`` (only the keys it changes), plus an
 optional ``extends`` (another profile beside it, whose keys and imports it starts from) and an
-optional ``imports`` section: raw files of Hugging Face Hub datasets, each at a commit, that
+optional ``max_cost_usd`` (the cloud job's budget in dollars: src/cloud/cost.py), and an optional
+``imports`` section: raw files of Hugging Face Hub datasets, each at a commit, that
 ``--import`` brings in with ``dvc import-url`` when they are missing (DVC records the URL, so
 the experiment records the revision)::
 
     python -m src.cloud.profile profiles/llama2-7b-qlora.yaml            # the -S options, shell-quoted
     python -m src.cloud.profile profiles/llama2-7b-qlora.yaml --null     # NUL-separated, for scripts
     python -m src.cloud.profile profiles/llama2-7b-qlora.yaml --import   # bring in its raw files
+    python -m src.cloud.profile profiles/llama2-7b-qlora.yaml --budget   # its max_cost_usd, if any
 
 ``dvc exp run -S`` parses values with Hydra's override grammar, not YAML (``2e-4`` is a float to
 Hydra and a string to PyYAML; ``yes`` is a string to Hydra). Each option is written so that DVC's
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 IMPORTS_KEY = "imports"
 EXTENDS_KEY = "extends"
+BUDGET_KEY = "max_cost_usd"
 SHA = re.compile(r"[0-9a-f]{40}")
 HUB = "https://huggingface.co"
 
@@ -79,6 +82,7 @@ def load_profile(path: str | Path, seen: tuple[Path, ...] = ()) -> tuple[dict, d
         if path.resolve() in seen:
             raise PipelineError(f"{path}: {EXTENDS_KEY}: profiles extend each other in a loop")
         base = load_profile(path.parent / parent, (*seen, path.resolve()))
+    _budget_value(path, overlay.pop(BUDGET_KEY, None))  # not a params key: checked, read by budget()
     imports = overlay.pop(IMPORTS_KEY, None) or {}
     if not isinstance(imports, dict):
         raise PipelineError(f"{path}: {IMPORTS_KEY}: a mapping of target path to {{dataset, revision, file}}")
@@ -89,6 +93,22 @@ def load_profile(path: str | Path, seen: tuple[Path, ...] = ()) -> tuple[dict, d
         if not target.startswith("data/raw/") or ".." in target.split("/"):
             raise PipelineError(f"{path}: {IMPORTS_KEY}.{target}: raw files go under data/raw/")
     return merged(base[0], overlay), {**base[1], **imports}
+
+
+def _budget_value(path: Path, value) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise PipelineError(f"{path}: {BUDGET_KEY}: a number of dollars above 0, not {value!r}")
+    return value
+
+
+def budget(path: str | Path) -> float | None:
+    """The profile's ``max_cost_usd``, or that of the profile it extends; None when neither sets one."""
+    path = Path(path)
+    load_profile(path)  # the whole chain checked first
+    data = read_yaml(path)
+    if data.get(BUDGET_KEY) is not None:
+        return float(data[BUDGET_KEY])
+    return budget(path.parent / data[EXTENDS_KEY]) if EXTENDS_KEY in data else None
 
 
 def merged(params: dict, overlay: dict) -> dict:
@@ -233,11 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--null", action="store_true", help="options separated by NUL bytes (for mapfile -d '')")
     mode.add_argument("--import", dest="bring_in", action="store_true",
                       help="dvc import-url the profile's raw files that are missing")
+    mode.add_argument("--budget", action="store_true", help="print the profile's max_cost_usd (nothing if none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)  # this module's progress; the libraries' import chatter stays out
     if args.bring_in:
         return one_line_errors(lambda: bring_in(args.profile))
+    if args.budget:
+        return one_line_errors(lambda: print(budget(args.profile) or ""))
     if args.null:
         return one_line_errors(lambda: sys.stdout.write("".join(f"{o}\0" for o in options(args.profile))))
     return one_line_errors(lambda: print(shlex.join(options(args.profile))))

@@ -22,6 +22,7 @@ import logging
 import random
 from pathlib import Path
 
+from src.budget import BudgetStop
 from src.chat import with_system_prompt
 from src.checkpoints import RunCheckpoints
 from src.cli import run
@@ -243,6 +244,9 @@ def main(cfg: Params):
         model = build_model(cfg, configs)
         live = open_live(cfg.paths.train_live, configs.sft)  # None but in one process per machine
         callbacks = [Throughput(), LiveMetrics(live)]
+        budget = BudgetStop.from_environment()  # a cloud job's max_cost_usd (src/cloud/cost.py)
+        if budget is not None:
+            callbacks.append(budget)
         trainer = build_trainer(cfg, model, tokenizer, configs, examples, checkpoints, callbacks)
 
         # Train, or restore a run that had finished (TRAIN_KEEP_CHECKPOINTS kept its last step).
