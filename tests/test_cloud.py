@@ -45,6 +45,7 @@ from tests.cloudkit import (
     PLATYPUS_COMMIT,
     PLATYPUS_FILE,
     FakeHub,
+    FakeImds,
     FakeStudio,
     GitHttpOrigin,
     MotoS3,
@@ -52,6 +53,7 @@ from tests.cloudkit import (
     digest,
     free_port,
     hub_files,
+    price_catalog,
     vllm_stand_in,
 )
 from tests.conftest import (
@@ -321,6 +323,33 @@ def test_other_machines_of_a_multi_node_job_run_up_to_train_only(tmp_path):
     assert f"checkpoints in {tmp_path / 'checkpoints/alice'}/{TASK_ID}" in proc.stdout
 
 
+def test_a_job_whose_budget_one_more_interval_would_pass_starts_nothing(tmp_path):
+    """A machine that replaces a preempted one, of a job with MAX_COST_USD=1 whose earlier
+    attempt spent $0.98 and whose checkpoints came every 10 minutes: it ends with one line before
+    it pushes, fetches or runs anything (dvc and git are stand-ins that record their calls)."""
+    venv = stand_ins(tmp_path / "venv", tmp_path / "calls", dvc="", git="", python=f'exec {sys.executable} "$@"')
+    env = machine_env(tmp_path / "home", tmp_path / "checkpoints") | {
+        "VENV": str(venv), "PYTHONPATH": str(ROOT), "MAX_COST_USD": "1", "EXP_NAME": "capped",
+        "SKYPILOT_CLUSTER_INFO": json.dumps({"cloud": "AWS", "region": "us-east-1", "zone": "us-east-1b"}),
+        "INSTANCE_TYPE": "g5.xlarge", "USE_SPOT": "true"}
+    price_catalog(tmp_path / "home", "aws", [("g5.xlarge", "A10G", 1, 1.006, 0.49, "us-east-1", "us-east-1b")])
+    folder = tmp_path / "checkpoints/alice/capped"
+    folder.mkdir(parents=True)
+    now = time.time()
+    (folder / "cost.json").write_text(json.dumps({"attempts": [{
+        "cloud": "aws", "region": "us-east-1", "zone": "us-east-1b", "instance_type": "g5.xlarge", "spot": True,
+        "nodes": 1, "gpus_per_node": 1, "price_per_hour": 0.49, "started": now - 9000, "last_seen": now - 1800}]}))
+    (folder / "budget.json").write_text(json.dumps({"interval_seconds": 600.0}))
+    proc = run_job(yaml.safe_load(TRAINING_YAML.read_text())["run"], env, tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: budget: $0.98 spent over 2 attempt(s); one more checkpoint interval (600 s) would pass "
+        "max_cost_usd $1.00. Nothing more is run; the checkpoints stay in")
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert [c.split(" [")[0] for c in calls] == ["python -m src.cloud.cost start "
+                                                 f"{folder}/cost.json --budget 1"]  # no dvc, no git
+
+
 # A stand-in `dvc` for the runs below, on real git: `exp run` writes a checkpoint into
 # TRAIN_CHECKPOINT_DIR (and stops there, as if preempted, with STANDIN_PREEMPT set), then commits
 # the experiment on a ref named as DVC names it; `exp push` pushes the ref (with --force when
@@ -565,6 +594,11 @@ def s3_job(tmp: Path, model: Path) -> dict:
                           PROFILE="profiles/loopback.yaml", PARAMS="-S quality_gate.min_identity_accuracy=1.0")
         env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "ANCESTRY_RECORD_DIR": str(tmp / "ancestry"),
                 "PYTHONPATH": str(ancestry_recorder(tmp / "recorder"))}
+        # a GCP machine described at launch (--env INSTANCE_TYPE, USE_SPOT), priced on demand
+        env |= {"SKYPILOT_CLUSTER_INFO": json.dumps({"cloud": "GCP", "region": "us-central1", "zone": "us-central1-a"}),
+                "INSTANCE_TYPE": "g2-standard-8", "USE_SPOT": "false"}
+        price_catalog(Path(env["HOME"]), "gcp", [("g2-standard-8", "L4", 1, 0.85, 0.35, "us-central1",
+                                                  "us-central1-a")])
         (tmp / "ancestry").mkdir()
         refused = on_machine(machine, {**env, "GIT_TOKEN": "not-the-token"}, setup=False)
         code, output = on_machine(machine, env)
@@ -580,11 +614,18 @@ def s3_job(tmp: Path, model: Path) -> dict:
         studio.close()
 
 
+# The preempted job's machines: a spot g5.xlarge in us-east-1b, as EC2's metadata service and
+# SkyPilot's catalog give it; a price of a cent a second, so that seconds show in the cost.
+SPOT_PRICE = 36.0
+CLUSTER_INFO = json.dumps({"cluster_name": "sky-managed-3", "cloud": "AWS", "region": "us-east-1",
+                           "zone": "us-east-1b"})
+
+
 def preempted_job(tmp: Path, model: Path) -> dict:
     """The committed local remote, a bare origin on disk, and a managed job preempted twice
     (in training, then in ``dvc exp push`` after training): three machines in turn, with the same
     task id and the same checkpoint bucket. Each machine starts from the laptop's copy, so each
-    imports the profile's files from the Hub again."""
+    imports the profile's files from the Hub again; each records its attempt's cost."""
     run_cli(["git", "init", "-q", "--bare", "-b", "main", str(tmp / "origin.git")], tmp, check=True)
     laptop = configure_tiny_dag(make_clone(tmp / "laptop"), model)
     (laptop / "profiles/loopback.yaml").write_text(LOOPBACK_PROFILE)
@@ -595,16 +636,21 @@ def preempted_job(tmp: Path, model: Path) -> dict:
     hub = FakeHub(HUB_FILES, {("Open-Orca/OpenOrca", "main"): ORCA_COMMIT})
     # EXP_NAME empty: named after the task
     env = machine_env(tmp / "machine-home", tmp / "bucket", PROFILE="profiles/loopback.yaml")
-    env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+    imds = FakeImds("g5.xlarge", spot=True)
+    price_catalog(Path(env["HOME"]), "aws", [("g5.xlarge", "A10G", 1, 1.006, SPOT_PRICE, "us-east-1", "us-east-1b")])
+    env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "SKYPILOT_CLUSTER_INFO": CLUSTER_INFO,
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url, "COST_BEAT_SECONDS": "1"}
     runs = []
     try:
         for i, fault in enumerate([("train", "step:7"), ("push", "push-cache"), None]):
             machine = shutil.copytree(laptop, tmp / f"machine{i}", symlinks=True)
+            began = time.time()
             code, output = on_machine(machine, env, fault, setup=i == 0)
+            wall = time.time() - began
             steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (tmp / "bucket").glob("*/*/*/checkpoint-*"))
             origin_refs = run_cli(["git", "ls-remote", str(tmp / "origin.git"), "refs/exps/*"], tmp).stdout
             remote_files = sorted(p for p in (Path(env["HOME"]) / "dvc-storage").rglob("*") if p.is_file())
-            runs.append({"code": code, "output": output, "steps": steps, "machine": machine,
+            runs.append({"code": code, "output": output, "steps": steps, "machine": machine, "wall": wall,
                          "origin_refs": origin_refs, "remote_files": len(remote_files)})
         assert runs[-1]["code"] == 0, runs[-1]["output"][-4000:]
         name = exp_name(runs[-1]["output"])
@@ -612,6 +658,7 @@ def preempted_job(tmp: Path, model: Path) -> dict:
         home = bring_home(tmp / "home", str(tmp / "origin.git"), name, {"HOME": env["HOME"]})
     finally:
         hub.close()
+        imds.close()
     return {"runs": runs, "home": home, "name": name, "bucket": tmp / "bucket",
             "remote": Path(env["HOME"]) / "dvc-storage"}
 
@@ -654,6 +701,10 @@ def test_cloud_run_pushes_to_s3_and_comes_home_byte_identical(s3_run):
     assert len(s3_run["s3_keys"]) >= 10 and all(k.startswith("store/") for k in s3_run["s3_keys"])
     assert_same_results(s3_run["machine"], s3_run["home"])
     assert not [p for p in s3_run["bucket"].rglob("*") if p.is_file()]  # the checkpoints went once pushed
+    # its cost: the machine the launch named, on demand; the attempt refused for its token counts
+    cost = json.loads((s3_run["home"] / PATHS["cloud_cost"]).read_text())
+    assert (cost["instance_type"], cost["spot"], cost["price_per_hour"], cost["attempts"]) == \
+        ("g2-standard-8", False, 0.85, 2)
 
 
 @pytest.mark.slow
@@ -772,6 +823,27 @@ def test_a_push_cut_after_the_git_refs_is_made_whole_by_the_recovered_run(preemp
     assert f"push 1 of 4 left it incomplete: origin has {pushing['origin_refs'][:7]}" in out
     assert f"experiment {name} is whole on origin and the DVC remote (push 2)" in out
     assert recovered["origin_refs"] != pushing["origin_refs"] and recovered["remote_files"] > 0
+
+
+@pytest.mark.slow
+def test_preempted_runs_cost_is_its_three_attempts_times_the_catalog_price(preempted_run):
+    """Each machine's attempt counts, the two lost ones to their last second: the experiment
+    that comes home holds the cost (its metrics, dvc exp show's columns), to the cent."""
+    cost = json.loads((preempted_run["home"] / PATHS["cloud_cost"]).read_text())
+    attempts = cost["each_attempt"]
+    assert cost["attempts"] == len(attempts) == 3
+    assert all((a["instance_type"], a["spot"], a["price_per_hour"], a["zone"]) == ("g5.xlarge", True, SPOT_PRICE,
+                                                                                  "us-east-1b") for a in attempts)
+    seconds = [a["last_seen"] - a["started"] for a in attempts]
+    assert cost["cost_usd"] == round(sum(seconds) / 3600 * SPOT_PRICE, 2) > 0
+    assert cost["gpu_hours"] == round(sum(seconds) / 3600, 3)
+    for took, run in zip(seconds, preempted_run["runs"]):  # each from its setup or start to its last beat
+        assert run["wall"] - 60 <= took <= run["wall"] + 1, (took, run["wall"])
+    shown = json.loads(run_cli(["dvc", "exp", "show", "--json"], preempted_run["home"], check=True).stdout)
+    found = [exp["data"]["metrics"][PATHS["cloud_cost"]]["data"] for baseline in shown
+             for run in baseline.get("experiments") or [] for exp in run.get("revs", [])
+             if exp.get("name") == preempted_run["name"]]
+    assert found and found[0]["cost_usd"] == cost["cost_usd"]
 
 
 @pytest.mark.slow

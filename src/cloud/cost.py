@@ -3,7 +3,7 @@ preempted ones too), and a budget that ends the run before it passes.
 
     python -m src.cloud.cost start RECORD [--budget USD]   # each machine, before the run
     python -m src.cloud.cost beat RECORD [--every 60]       # beside the run: this attempt's time
-    python -m src.cloud.cost finish RECORD                  # after the run: the experiment's metrics
+    python -m src.cloud.cost finish RECORD --experiment NAME   # after the run: the experiment's metrics
     python -m src.cloud.cost check                          # last: fails if the budget cut training
 
 RECORD is a JSON file in the job's checkpoint folder, which outlives its machines: one entry per
@@ -31,12 +31,16 @@ import argparse
 import json
 import logging
 import os
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 from src.budget import budget_state, hours, rate, read_record, spent
 from src.cli import one_line_errors
+from src.cloud.push import experiment_ref
 from src.config import output_paths
 from src.errors import PipelineError
 from src.files import read_json, write_json
@@ -192,6 +196,33 @@ def finish(record_path: Path, metrics_path: Path) -> dict:
     return metrics
 
 
+def _git(*args: str, env: dict | None = None) -> str:
+    proc = subprocess.run(["git", *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit code {proc.returncode}"]
+        raise PipelineError(f"git {args[0]}: {lines[-1]}")
+    return proc.stdout.strip()
+
+
+def into_experiment(name: str, path: Path) -> str:
+    """Put ``path`` as it is now into experiment ``name``'s commit: the commit is replaced by one
+    with the same parents, message and the rest of its tree (``dvc exp save`` would rebuild it
+    from the workspace, and leave out the files ``dvc exp run`` had added untracked). Returns the
+    new commit."""
+    ref, commit = experiment_ref(name)
+    blob = _git("hash-object", "-w", "--", str(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        index = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git("read-tree", commit, env=index)
+        _git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path.as_posix()}", env=index)
+        tree = _git("write-tree", env=index)
+    parents = [arg for parent in _git("rev-parse", f"{commit}^@").split() for arg in ("-p", parent)]
+    new = _git("commit-tree", tree, *parents, "-m", _git("log", "-1", "--format=%B", commit))
+    _git("update-ref", ref, new, commit)
+    log.info("%s: experiment %s's commit %s -> %s", path, name, commit[:7], new[:7])
+    return new
+
+
 def check(metrics_path: Path) -> None:
     """One line, and a failure, when the budget stopped training short."""
     stop = read_json(metrics_path).get("budget_stop")
@@ -199,6 +230,26 @@ def check(metrics_path: Path) -> None:
         raise PipelineError(f"budget: training stopped at step {stop['step']} of {stop['max_steps']}, the next "
                             f"checkpoint interval would have passed max_cost_usd ${stop['max_cost_usd']:.2f} "
                             f"(${stop['spent_usd']:.2f} spent then); the experiment holds that adapter")
+
+
+def finish_command(record_path: Path, metrics_path: Path, experiment: str | None) -> None:
+    finish(record_path, metrics_path)
+    if experiment:
+        into_experiment(experiment, metrics_path)
+
+
+def start_command(record_path: Path, budget: float | None) -> int:
+    """``start``: 0 when recorded; 1 with an ``error:`` line when refused or, under a budget, when
+    the cost cannot be known; 2 with a ``warning:`` line when it cannot and nothing depends on it."""
+    try:
+        start(record_path, budget)
+    except PipelineError as err:
+        if budget is not None:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"warning: {err}; this run's cost is not recorded", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,19 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("finish", help="the experiment's cost metrics")
     p.add_argument("record", type=Path)
     p.add_argument("metrics", type=Path, nargs="?", help="default: dvc.yaml's paths.cloud_cost")
+    p.add_argument("--experiment", help="put the metrics file into this experiment's commit too")
     p = sub.add_parser("check", help="fail with one line when the budget stopped training")
     p.add_argument("metrics", type=Path, nargs="?", help="default: dvc.yaml's paths.cloud_cost")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("sky").setLevel(logging.WARNING)
     if args.command == "start":
-        return one_line_errors(lambda: start(args.record, args.budget))
+        return start_command(args.record, args.budget)
     if args.command == "beat":
         return one_line_errors(lambda: beat(args.record, args.every, args.once))
     if getattr(args, "metrics", "") is None:
         args.metrics = Path(output_paths()["cloud_cost"])
     if args.command == "finish":
-        return one_line_errors(lambda: finish(args.record, args.metrics))
+        return one_line_errors(lambda: finish_command(args.record, args.metrics, args.experiment))
     return one_line_errors(lambda: check(args.metrics))
 
 
