@@ -178,7 +178,11 @@ def price_catalog(home: Path, cloud: str, rows: list[tuple[str, str, int, float,
 
     path = home / ".sky/catalogs" / CATALOG_SCHEMA_VERSION / cloud / "vms.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"{t},{gpu},{n},8,32,{price},{spot},{region},{zone}," for t, gpu, n, price, spot, region, zone in rows]
+    # GpuInfo: AWS's catalog describes the GPUs; GCP's and Azure's name them
+    info = "\"{{'Gpus': [{{'Name': '{}', 'Manufacturer': 'NVIDIA', 'Count': {}, " \
+        "'MemoryInfo': {{'SizeInMiB': 24576}}}}]}}\"" if cloud == "aws" else "{}"
+    lines = [f"{t},{gpu},{n},8,32,{price},{spot},{region},{zone},{info.format(gpu, float(n))}"
+             for t, gpu, n, price, spot, region, zone in rows]
     path.write_text("\n".join([CATALOG_COLUMNS, *lines]) + "\n")
     return path
 

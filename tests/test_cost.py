@@ -155,3 +155,48 @@ def test_without_a_budget_or_a_record_training_has_no_budget_check(monkeypatch, 
     with pytest.raises(Exception, match="TRAIN_MAX_COST_USD='twelve': a number of dollars"):
         BudgetStop.from_environment()
     assert spent([]) == (0.0, 0.0)
+
+
+def test_the_estimate_prices_the_profiles_tokens_on_each_gpu_with_its_assumptions(tmp_path):
+    """100 records of 1,140 characters in two turns: 300 + 12 tokens each, 5 epochs: 156,000
+    tokens. On an H200 at the recorded 3,469 tokens/s, spot at $3.10/h; on an A10G at a given
+    1,000 tokens/s, on demand at $1.006/h; a GPU no catalog offers is said to be so."""
+    import shutil
+
+    for name in ("params.yaml", "sky-training.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    (tmp_path / "data/final").mkdir(parents=True)
+    record = {"prompt": [{"role": "user", "content": "q" * 380}], "completion": [{"role": "assistant",
+                                                                                  "content": "a" * 760}]}
+    (tmp_path / "data/final/train.jsonl").write_text((json.dumps(record) + "\n") * 100)
+    home = tmp_path / "home"
+    price_catalog(home, "aws", [("g5.xlarge", "A10G", 1, 1.006, 0.3872, "us-east-1", "us-east-1a"),
+                                ("g5.xlarge", "A10G", 1, 1.106, 0.35, "us-west-2", "us-west-2a"),
+                                ("p5e.xlarge", "H200", 1, 8.0, 3.1, "us-east-1", "us-east-1a")])
+    env = {**OFFLINE, "HOME": str(home), "PYTHONPATH": str(ROOT)}
+    estimate = [sys.executable, "-m", "src.cloud.estimate", "profiles/llama2-7b-qlora.yaml", "--clouds", "aws"]
+    proc = run_cli([*estimate, "--gpu", "H200", "--gpu", "A10G", "--gpu", "T4", "--json", "spot.json"], tmp_path,
+                   env=env)
+    assert proc.returncode == 0, proc.stderr
+    h200, a10g, t4 = json.loads((tmp_path / "spot.json").read_text())
+    assert h200["cost_usd"] == pytest.approx(156_000 / 3469 / 3600 * 3.1)
+    assert h200["offer"] == {"cloud": "AWS", "region": "us-east-1", "instance_type": "p5e.xlarge", "price": 3.1}
+    assert a10g["offer"]["price"] == 0.35 and a10g["cost_usd"] is None  # cheapest region; no tokens/s for it
+    assert t4["offer"] is None
+    out = proc.stdout
+    assert "llama-2-7b-chat, 156,000 tokens of training" in out
+    assert "312 tokens per record: their text at 3.8 characters per token, 6 more per turn" in out
+    assert "5 epoch(s) over 100 records" in out and "tokens/s recorded for H200 with llama-2-7b-chat only" in out
+    assert "T4         not in the catalogs" in out and "training only:" in out
+
+    proc = run_cli([*estimate, "--gpu", "A10G", "--tokens-per-second", "1000", "--on-demand", "--json", "od.json"],
+                   tmp_path, env=env)
+    (a10g,) = json.loads((tmp_path / "od.json").read_text())
+    assert a10g["offer"]["price"] == 1.006 and a10g["cost_usd"] == pytest.approx(156 / 3600 * 1.006)
+    assert "on-demand prices" in proc.stdout and "A10G tokens/s from --tokens-per-second" in proc.stdout
+
+    (tmp_path / "data/final/train.jsonl").unlink()
+    proc = run_cli([*estimate, "--gpu", "H200"], tmp_path, env=env)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        "error: data/final/train.jsonl is missing: build it with the profile's data, or pass --records N")

@@ -4,6 +4,7 @@ key, and the raw files a profile names are brought in from a stand-in Hub at a p
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,23 @@ def test_the_preference_profile_extends_the_7b_one(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: ../c.yaml\n")
     with pytest.raises(PipelineError, match=r"c.yaml: extends: the file name of a profile beside it"):
         load_profile(tmp_path / "c.yaml")
+
+
+def test_a_profiles_budget_is_its_own_or_the_one_it_extends_and_never_a_params_key(tmp_path):
+    from src.cloud.profile import budget
+
+    (tmp_path / "base.yaml").write_text("max_cost_usd: 40\ntrain: {sft: {max_steps: 5}}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\n")
+    (tmp_path / "own.yaml").write_text("extends: base.yaml\nmax_cost_usd: 12.5\n")
+    assert (budget(tmp_path / "base.yaml"), budget(tmp_path / "child.yaml"), budget(tmp_path / "own.yaml")) == \
+        (40.0, 40.0, 12.5)
+    assert budget(ROOT / "profiles/llama2-7b-qlora.yaml") is None
+    assert load_profile(tmp_path / "own.yaml")[0] == {"train": {"sft": {"max_steps": 5}}}  # not a -S option
+    proc = run_cli([sys.executable, "-m", "src.cloud.profile", str(tmp_path / "own.yaml"), "--budget"], ROOT)
+    assert proc.stdout == "12.5\n"
+    (tmp_path / "bad.yaml").write_text("max_cost_usd: lots\n")
+    with pytest.raises(PipelineError, match=r"bad.yaml: max_cost_usd: a number of dollars above 0, not 'lots'"):
+        budget(tmp_path / "bad.yaml")
 
 
 # Values whose YAML and Hydra readings differ, and strings Hydra's grammar needs quoted.
