@@ -15,6 +15,12 @@ upload removes the files that list names and the new experiment no longer has. F
 never wrote stay; ``README.md`` is the model card, replaced by each upload.
 
     HF_TOKEN=hf_... python -m src.publish --repo-id me/juniper-135m
+    HF_TOKEN=hf_... python -m src.publish --stage prod    # the registered version in stage prod
+
+With ``--stage`` it uploads the version of the model that GTO's tags put in that stage
+(src/registry.py) instead: the merged folder, export and results its commit records, fetched
+from the DVC cache or remote, whatever the workspace holds; the commit message names the
+version, the stage and the commit.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,15 +205,15 @@ def hub_card(card: str, evaluation: dict | None, gate: dict | None) -> str:
     return card.rstrip("\n") + "\n\n" + "\n".join(parts) if parts else card
 
 
-def commit_description(merged: Path, gate: dict | None) -> str:
-    """The upload commit's description: the git commit the workspace is at (and whether its
-    params.yaml and dvc.lock differ from it, as after ``dvc exp apply``), the gate's verdict and
-    the merged model's lineage (src/lineage.py)."""
+def commit_description(merged: Path, gate: dict | None, release: str | None = None) -> str:
+    """The upload commit's description: the registered version (``release``) or the git commit
+    the workspace is at (and whether its params.yaml and dvc.lock differ from it, as after
+    ``dvc exp apply``), the gate's verdict and the merged model's lineage (src/lineage.py)."""
     import subprocess
 
-    lines = []
+    lines = [release] if release else []
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-    if head.returncode == 0:
+    if head.returncode == 0 and not release:
         changed = subprocess.run(["git", "status", "--porcelain", "--", "params.yaml", "dvc.lock"],
                                  capture_output=True, text=True).stdout.strip()
         lines.append(f"Built at git commit {head.stdout.strip()}" +
@@ -219,7 +226,51 @@ def commit_description(merged: Path, gate: dict | None) -> str:
     return "\n".join(lines)
 
 
-def main(cfg: Params, repo_id: str | None = None) -> str:
+def recorded_at(commit: str, merged: Path, export: Path) -> dict[str, str]:
+    """The DVC hashes the commit's dvc.lock records for ``merged`` and, when export_model ran
+    there from that merged model, ``export``."""
+    import yaml
+
+    from src.registry import at_commit
+
+    stages = (yaml.safe_load(at_commit(commit, "dvc.lock") or "{}") or {}).get("stages") or {}
+
+    def hashes(stage: str, kind: str) -> dict[str, str]:
+        return {str(e["path"]): str(e.get("md5")) for e in (stages.get(stage) or {}).get(kind) or []}
+
+    outputs = {str(merged): hashes("merge_model", "outs").get(str(merged))}
+    if outputs[str(merged)] is None:
+        raise PipelineError(f"{commit[:7]}: its dvc.lock records no {merged}")
+    if str(export) in hashes("export_model", "outs"):
+        if hashes("export_model", "deps").get(str(merged)) != outputs[str(merged)]:
+            raise PipelineError(f"{commit[:7]}: its {export} was made from another {merged} (an earlier run)")
+        outputs[str(export)] = hashes("export_model", "outs")[str(export)]
+    return outputs
+
+
+def fetch_at(commit: str, paths: list[Path], dest: Path, required: Path) -> None:
+    """Each of ``paths`` as the commit records it (DVC outputs from the cache or the remote),
+    under ``dest``. One the commit lacks, or whose data neither holds, is left out, but for
+    ``required``: that is one line."""
+    from dvc.api import DVCFileSystem
+
+    fs = DVCFileSystem(".", rev=commit)
+    for path in paths:
+        try:
+            if fs.exists(path.as_posix()):
+                (dest / path).parent.mkdir(parents=True, exist_ok=True)
+                fs.get(path.as_posix(), str(dest / path), recursive=fs.isdir(path.as_posix()))
+                continue
+            reason = "not recorded there"
+        except (OSError, ValueError) as err:  # not in the cache and not in (or no) remote
+            reason = " ".join(str(err).split())[:200]
+        if path == required:
+            raise PipelineError(f"{path} at {commit[:7]}: cannot be fetched ({reason}); dvc exp pull or dvc fetch "
+                                "the experiment first")
+        log.warning("%s at %s: left out (%s)", path, commit[:7], reason)
+
+
+def main(cfg: Params, repo_id: str | None = None, stage: str | None = None) -> str:
     p = cfg.publish
     if not (repo_id or p.repo_id):
         raise PipelineError("params.yaml: publish.repo_id is null; name the Hub repository (or --repo-id)")
@@ -228,24 +279,46 @@ def main(cfg: Params, repo_id: str | None = None) -> str:
     if not token:
         raise PipelineError(f"{TOKEN_ENV} is not set: a Hub token with write access, from the environment only")
     merged, export = Path(cfg.paths.merged_model), Path(cfg.paths.export)
-    if not (merged / "README.md").is_file():
-        raise PipelineError(f"{merged}: no merged model with its card here (run dvc exp run first)")
-    outputs = current_outputs(merged, export)
-    upload = Upload({**files_of(merged), **files_of(export)}, outputs)  # the GGUF files and Modelfile, if any
+    results = {"evaluation": Path(cfg.paths.evaluation), "gate": Path(cfg.paths.quality_gate)}
+    if stage is None:
+        if not (merged / "README.md").is_file():
+            raise PipelineError(f"{merged}: no merged model with its card here (run dvc exp run first)")
+        return upload_release(cfg, repo_id, token, Path("."), merged, export, results,
+                              current_outputs(merged, export), None)
+    from src.registry import ARTIFACT, in_stage
+
+    version, commit = in_stage(stage)
+    outputs = recorded_at(commit, merged, export)
+    log.info("%s %s is in stage %s: commit %s", ARTIFACT, version, stage, commit[:7])
+    with tempfile.TemporaryDirectory(prefix="release-") as tmp:
+        kept = [merged, *([export] if str(export) in outputs else []), *results.values()]
+        fetch_at(commit, kept, Path(tmp), required=merged)
+        release = f"Release: {ARTIFACT} {version} (stage {stage}), git commit {commit}"
+        return upload_release(cfg, repo_id, token, Path(tmp), merged, export, results, outputs, release)
+
+
+def upload_release(cfg: Params, repo_id: str, token: str, root: Path, merged: Path, export: Path,
+                   results: dict[str, Path], outputs: dict[str, str], release: str | None) -> str:
+    """Upload the merged folder, and the export when ``outputs`` names it, as they lie under
+    ``root`` (the workspace, or a registered version fetched elsewhere)."""
+    p = cfg.publish
+    upload = Upload({**files_of(root / merged), **(files_of(root / export) if str(export) in outputs else {})},
+                    outputs)  # the GGUF files and Modelfile, if any
     log.info("uploading %s to %s, %s, branch %s", ", ".join(str(f) for f in upload.files.values()), repo_id,
              "private" if p.private else "public", p.revision)
-    results = {name: read_json(path) if path.is_file() else None
-               for name, path in (("evaluation", Path(cfg.paths.evaluation)), ("gate", Path(cfg.paths.quality_gate)))}
-    card = hub_card((merged / "README.md").read_text(encoding="utf-8"), results["evaluation"], results["gate"])
+    found = {name: read_json(root / path) if (root / path).is_file() else None for name, path in results.items()}
+    card = hub_card((root / merged / "README.md").read_text(encoding="utf-8"), found["evaluation"], found["gate"])
+    description = commit_description(root / merged, found["gate"], release)
     url = publish(upload, repo_id, p.private, p.revision, token,
-                  f"{cfg.generate_identity_data.name}: {card_title(merged / 'README.md')}",
-                  commit_description(merged, results["gate"]), card)
+                  f"{cfg.generate_identity_data.name}: {card_title(root / merged / 'README.md')}", description, card)
     print(url)
     return url
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo-id", help="the Hub repository (owner/name); default: publish.repo_id in params")
+    parser.add_argument("--stage", help="the version of the model in this registry stage (src/registry.py), "
+                                        "not the workspace's")
 
 
 if __name__ == "__main__":

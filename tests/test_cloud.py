@@ -118,8 +118,8 @@ def test_training_yaml_passes_skypilot_schema():
 def test_serve_yaml_passes_skypilot_schema():
     import sky
 
-    with pytest.raises(ValueError, match="'EXP_NAME' is None"):  # required at launch
-        sky.Task.from_yaml(str(SERVE_YAML))
+    bare = sky.Task.from_yaml(str(SERVE_YAML))  # the run refuses it: no experiment, no stage (test_registry.py)
+    assert bare.envs["EXP_NAME"] == bare.envs["MODEL_STAGE"] == ""
     task = load_task(SERVE_YAML, EXP_NAME="exp-1")
     service = task.service
     probe = yaml.safe_load(SERVE_YAML.read_text())["service"]["readiness_probe"]
@@ -135,6 +135,11 @@ def test_serve_yaml_passes_skypilot_schema():
     keyed = load_task(SERVE_YAML, secrets={"VLLM_API_KEY": "k3y"}, EXP_NAME="exp-1")
     assert keyed.service.readiness_headers == {"Authorization": "Bearer k3y"}
     assert 'dvc" exp pull origin "$EXP_NAME"' in task.run and 'dvc" pull merge_model' in task.run
+    # a registry stage instead: the artifact dvc.yaml declares (src/registry.py's)
+    from src.registry import ARTIFACT
+
+    assert f'dvc" artifacts get . {ARTIFACT} --stage "$MODEL_STAGE"' in task.run
+    assert yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"][ARTIFACT]["path"] == "${paths.merged_model}"
     assert "vllm\" serve models/merged" in task.run and "--port 8000" in task.run
     assert "requirements-serve.txt" in task.setup and (ROOT / "requirements-serve.txt").is_file()
 
