@@ -470,7 +470,7 @@ def test_serving_refuses_to_start_without_a_key_and_vllm_refuses_requests_withou
     vLLM starts holding the key and no credential, a request without the key, or with another,
     gets 401, and the readiness probe SkyServe sends (the key filled in) gets an answer."""
     port = free_port()
-    venv = stand_ins(tmp_path / "venv", tmp_path / "calls", dvc="")
+    venv = stand_ins(tmp_path / "venv", tmp_path / "calls", dvc="", python=f'exec {sys.executable} "$@"')
     vllm_stand_in(tmp_path / "vllm-venv/bin/vllm")
     key = secrets.token_urlsafe(16)
     task = load_task(SERVE_YAML, secrets={"VLLM_API_KEY": key}, EXP_NAME="qlora-s3")
@@ -518,7 +518,8 @@ def test_serving_refuses_to_start_without_a_key_and_vllm_refuses_requests_withou
     assert "--host 0.0.0.0 --port 8000" in " ".join(started["argv"])
     calls = (tmp_path / "calls").read_text().splitlines()
     assert [c.split(" [")[0] for c in calls] == ["dvc exp pull origin qlora-s3", "dvc exp apply qlora-s3",
-                                                 "dvc pull merge_model"]
+                                                 "dvc pull merge_model",
+                                                 "python -m src.trace models/merged --lineage-only"]  # in the log
     assert all("VLLM_API_KEY" not in c and "GIT_TOKEN" in c for c in calls), calls
 
 

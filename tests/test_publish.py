@@ -194,6 +194,15 @@ def test_the_hub_card_shows_the_evaluation_and_gate_and_the_commit_says_where_th
     lines = description.splitlines()
     assert lines[0].startswith(f"Built at git commit {head}") and "Quality gate: failed" in lines
     assert f"data.data/final/train.jsonl: {'ab' * 16}" in lines and f"params.train: {'cd' * 16}" in lines
+    # the Hub repository traces back by its id: the lineage its upload carries
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+    traced = run_cli(["python", "-m", "src.trace", "northwind/juniper-135m"], clone, env=env)
+    out = traced.stdout.splitlines()
+    assert traced.returncode == 0 and out[0] == "northwind/juniper-135m:", traced.stderr[-2000:]
+    assert f"data.data/final/train.jsonl: {'ab' * 16}" in out and f"params.train: {'cd' * 16}" in out
+    missing = run_cli(["python", "-m", "src.trace", "northwind/other-model"], clone, env=env)  # no lineage there
+    assert one_line_error(missing) == ("error: northwind/other-model: no lineage.json in the repository (not "
+                                       "uploaded by src.publish)")
 
 
 def test_the_gguf_files_and_modelfile_go_in_the_same_commit(clone, hub, merged):

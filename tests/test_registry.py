@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from src.lineage import LINEAGE_FILE
 from src.registry import ARTIFACT
 from tests.conftest import make_clone, repo_params, run_cli
 from tests.modelkit import chatml_tokenizer, tiny_model_folder
@@ -27,6 +28,7 @@ def experiment(clone: Path, name: str, seed: int, gate_passed: bool) -> Path:
     gate's verdict, recorded and saved with ``dvc exp save``."""
     folder = tiny_model_folder(clone / PATHS["merged_model"], chatml_tokenizer(), seed=seed)
     (folder / "README.md").write_text(f"# Fine-tuned smollm2-135m-instruct, experiment {name}\n")
+    (folder / LINEAGE_FILE).write_text(json.dumps({"format": 1, "data": {"data/final/train.jsonl": name * 4}}))
     record_run(clone, "merge_model")
     gate = clone / PATHS["quality_gate"]
     gate.parent.mkdir(parents=True, exist_ok=True)
@@ -141,10 +143,12 @@ def test_a_replica_serves_the_version_in_its_stage_from_origin_and_the_dvc_remot
         proc = run_job(task.run, job_env, machine, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         calls = (tmp / f"{name}-calls").read_text().splitlines()
-        return {"served": (tmp / f"{name}-served").read_bytes(), "vllm": calls[0].split(" [")[0]}
+        return {"served": (tmp / f"{name}-served").read_bytes(), "vllm": calls[0].split(" [")[0],
+                "log": proc.stdout}
 
     one = replica("replica-1")
     assert one["served"] == releases["weights"]["first"]
+    assert "data.data/final/train.jsonl: firstfirstfirstfirst" in one["log"].splitlines()  # its lineage, logged
     assert one["vllm"].startswith(f"vllm serve {PATHS['merged_model']} --served-model-name juniper")
     run_cli(["gto", "assign", ARTIFACT, "--version", "v0.0.2", "--stage", "prod"], clone, check=True)
     run_cli(["git", "push", "-q", "origin", "--tags"], clone, check=True)

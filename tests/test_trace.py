@@ -115,3 +115,24 @@ def test_a_merged_folder_traces_the_same_way_and_a_file_without_lineage_is_one_l
     assert code == 1
     assert err.strip().splitlines()[-1] == (f"error: {bare}: no pipeline.lineage in its metadata (not exported by "
                                             "this pipeline, or before it wrote lineage)")
+
+
+def test_a_lost_data_file_is_looked_for_in_the_dvc_remote(two_runs, tmp_path, monkeypatch, capsys):
+    """A data file training read that neither the workspace nor the DVC cache holds: the line
+    says whether the default DVC remote does (then dvc pull brings it) or not (lost)."""
+    repo = shutil.copytree(two_runs[0], tmp_path / "repo")
+    _, file_one, lineage = two_runs[1]["one"]
+    md5 = lineage["data"][TRAIN]
+    remote = tmp_path / "remote"
+    stored = remote / "files/md5" / md5[:2] / md5[2:]
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes((repo / TRAIN).read_bytes())
+    run_cli(["dvc", "init", "-q"], repo, check=True)
+    run_cli(["dvc", "remote", "add", "-d", "store", str(remote)], repo, check=True)
+    (repo / TRAIN).unlink()
+    code, lines, _ = traced(monkeypatch, capsys, repo, file_one)
+    assert code == 0 and lines[-1] == (f"missing: {TRAIN} (md5 {md5}) is neither in the workspace nor in the DVC "
+                                       "cache; the DVC remote store holds it (dvc pull)")
+    stored.unlink()
+    code, lines, _ = traced(monkeypatch, capsys, repo, file_one)
+    assert lines[-1].endswith("; nor does the DVC remote store: it is lost")
