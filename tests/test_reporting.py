@@ -25,7 +25,7 @@ PATHS = repo_params()["paths"]
 HEADLINE = ["val_loss", "identity_accuracy", "identity_leak_rate", "retention", "eos_rate", "train_tokens_per_s",
             "train_minutes"]
 # what dvc.yaml makes DVC's metrics, in this order (`dvc metrics show`, `dvc exp show`, `dvc exp diff`)
-METRICS = [PATHS["evaluation"], PATHS["benchmark"], f"{PATHS['train_live']}/metrics.json",
+METRICS = [PATHS["evaluation"], PATHS["cloud_cost"], PATHS["benchmark"], f"{PATHS['train_live']}/metrics.json",
            f"{PATHS['align_live']}/metrics.json", PATHS["quality_gate"], PATHS["merge_metrics"]]
 PLOTS = ["loss", "base_vs_finetuned", "benchmark", "token_accuracy", "throughput", "learning_rate", "grad_norm"]
 # the narrow table the README gives for a terminal without a pager: params (all dotted) and
